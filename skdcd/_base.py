@@ -1,0 +1,559 @@
+"""BaseEnergyEstimator: the scikit-learn contract shared by the DCD and CD estimators.
+
+One training loop minimises the contrastive surrogate
+
+    mean E(x_pos) - mean E(stopgrad(x_neg)) + λ (mean E(x_pos)² + mean E(x_neg)²),
+
+and subclasses only say how negatives ``x_neg`` are drawn (:meth:`_negatives`). All maths
+runs in standardised coordinates ``z = (x - mean_) / scale_``; public methods convert.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, DensityMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from skdcd import partition, samplers
+from skdcd.networks import ACTIVATIONS, EnvelopedEnergy, MLPEnergy
+
+STEPS_PER_FIT = 8000  # optimisation steps that max_iter="auto" aims for
+EVAL_BATCH = 65536
+
+
+def _seeded_generator(entropy: tuple[int, ...], device: torch.device) -> torch.Generator:
+    """A torch generator whose seed is derived from ``entropy`` (reproducible, independent)."""
+    seed = int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0])
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed % (2**63))
+    return generator
+
+
+def _generator_from_random_state(random_state, device: torch.device) -> torch.Generator:
+    rng = check_random_state(random_state)
+    return _seeded_generator((int(rng.randint(np.iinfo(np.int32).max)),), device)
+
+
+class BaseEnergyEstimator(DensityMixin, BaseEstimator):
+    """Shared machinery of the energy-based density estimators; not for direct use.
+
+    See :class:`skdcd.DCDEnergyEstimator` for the parameters.
+    """
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like"],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "energy_net": [callable, None],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "lr_schedule": [StrOptions({"cosine", "constant"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "energy_reg": [Interval(Real, 0, None, closed="left")],
+        "envelope_std": [Interval(Real, 0, None, closed="neither"), None],
+        "standardize": ["boolean"],
+        "log_partition": [StrOptions({"auto", "quadrature", "ais"})],
+        "quadrature_n_grid": [Interval(Integral, 8, None, closed="left")],
+        "ais_n_particles": [Interval(Integral, 2, None, closed="left")],
+        "ais_n_steps": [Interval(Integral, 1, None, closed="left")],
+        "sample_steps": [Interval(Integral, 1, None, closed="left")],
+        "sample_step_size": [Interval(Real, 0, None, closed="neither")],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+    }
+
+    def __init__(
+        self, *, hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
+        learning_rate=1e-3, lr_schedule="cosine", batch_size=256, max_iter="auto",
+        energy_reg=0.01, envelope_std=3.0, standardize=True, log_partition="auto",
+        quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
+        sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.energy_net = energy_net
+        self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.energy_reg = energy_reg
+        self.envelope_std = envelope_std
+        self.standardize = standardize
+        self.log_partition = log_partition
+        self.quadrature_n_grid = quadrature_n_grid
+        self.ais_n_particles = ais_n_particles
+        self.ais_n_steps = ais_n_steps
+        self.sample_steps = sample_steps
+        self.sample_step_size = sample_step_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _negatives(self, energy_fn, x_pos: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+        """Negative samples for the batch ``x_pos`` (standardised units), detached."""
+        raise NotImplementedError
+
+    def _check_extra_params(self) -> None:
+        """Cross-parameter checks that ``_parameter_constraints`` cannot express."""
+
+    def _init_extra_state(self, Z: torch.Tensor, generator: torch.Generator) -> None:
+        """Estimator-specific state created on the first fit (e.g. a replay buffer)."""
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self, n_features: int) -> None:
+        sizes = self.hidden_layer_sizes
+        if self.energy_net is None and (
+            np.ndim(sizes) != 1
+            or not all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0
+                       for s in sizes)
+        ):
+            raise ValueError(
+                f"hidden_layer_sizes must be a sequence of positive integers, got {sizes!r}."
+            )
+        if self.log_partition == "quadrature" and n_features > 2:
+            raise ValueError(
+                f"log_partition='quadrature' needs n_features <= 2, got {n_features}; "
+                "use 'ais' or 'auto'."
+            )
+        self._fit_device()
+        self._check_extra_params()
+
+    def _fit_device(self) -> torch.device:
+        if isinstance(self.device, str) and self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device={self.device!r} is not a valid torch device.") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} was requested but CUDA is not available.")
+        return device
+
+    def _runtime_device(self) -> torch.device:
+        """Device for inference; a CUDA-fitted model falls back to CPU where CUDA is absent."""
+        try:
+            return self._fit_device()
+        except ValueError:
+            warnings.warn(
+                f"device={self.device!r} is unavailable here; computing on the CPU.",
+                RuntimeWarning, stacklevel=3,
+            )
+            return torch.device("cpu")
+
+    def _validate_X(self, X, *, reset: bool) -> np.ndarray:
+        return validate_data(self, X, reset=reset, dtype=[np.float64, np.float32],
+                             force_writeable=True)
+
+    # ------------------------------------------------------------------ fitting
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the energy network to ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : None
+            Ignored; present for API consistency.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        keep = self.warm_start and hasattr(self, "energy_net_")
+        X = self._validate_X(X, reset=not keep)
+        self._check_params(X.shape[1])
+        if not keep:
+            self._initialize(X)
+        n_batches = math.ceil(X.shape[0] / min(self.batch_size, X.shape[0]))
+        n_epochs = (math.ceil(STEPS_PER_FIT / n_batches) if self.max_iter == "auto"
+                    else self.max_iter)
+        self._train(X, n_epochs, cosine=self.lr_schedule == "cosine")
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """Train for one epoch on ``X``, keeping the current state.
+
+        The first call fixes the standardisation from its batch. The learning rate is
+        constant (``learning_rate``), since the total number of steps is unknown.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : None
+            Ignored; present for API consistency.
+
+        Returns
+        -------
+        self : object
+            The updated estimator.
+        """
+        first = not hasattr(self, "energy_net_")
+        X = self._validate_X(X, reset=first)
+        if first:
+            self._check_params(X.shape[1])
+            self._initialize(X)
+        self._train(X, 1, cosine=False)
+        return self
+
+    def _initialize(self, X: np.ndarray) -> None:
+        rng = check_random_state(self.random_state)
+        self._seed = int(rng.randint(np.iinfo(np.int32).max))
+        n_features = X.shape[1]
+        if self.standardize:
+            self.mean_ = X.mean(axis=0)
+            scale = X.std(axis=0)
+            self.scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(self.mean_)),
+                                   scale, 1.0)
+        else:
+            self.mean_, self.scale_ = np.zeros(n_features), np.ones(n_features)
+        Z = (X - self.mean_) / self.scale_
+        # torch initialises layers from its global generator: fork it so that the global
+        # state is untouched and the weights depend on random_state alone
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed)
+            net = (self.energy_net(n_features) if self.energy_net is not None
+                   else MLPEnergy(n_features, tuple(self.hidden_layer_sizes), self.activation))
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(
+                f"energy_net must return a torch.nn.Module, got {type(net).__name__}."
+            )
+        self.energy_net_ = EnvelopedEnergy(net.float(), self.envelope_std)
+        self._optimizer_state = None
+        self._z_low, self._z_high = Z.min(axis=0), Z.max(axis=0)
+        self._base_mean, self._base_std = Z.mean(axis=0), np.maximum(Z.std(axis=0), 1e-3)
+        self._cache: dict = {}  # lazily computed quantities; cleared by training
+        self.loss_curve_: list[float] = []
+        self.n_iter_ = 0
+        self.t_ = 0
+        device = self._fit_device()
+        self._init_extra_state(torch.as_tensor(Z, dtype=torch.float32, device=device),
+                               _seeded_generator((self._seed, 2), device))
+
+    def _train(self, X: np.ndarray, n_epochs: int, *, cosine: bool) -> None:
+        device = self._fit_device()
+        Z_np = (X - self.mean_) / self.scale_
+        self._z_low = np.minimum(self._z_low, Z_np.min(axis=0))
+        self._z_high = np.maximum(self._z_high, Z_np.max(axis=0))
+        Z = torch.as_tensor(Z_np, dtype=torch.float32, device=device)  # (n, d)
+        n = Z.shape[0]
+        batch_size = min(self.batch_size, n)
+        n_batches = math.ceil(n / batch_size)
+        total_steps = n_epochs * n_batches
+        generator = _seeded_generator((self._seed, 0, self.t_), device)
+        net = self.energy_net_.to(device)
+        net.train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate)
+        if self._optimizer_state is not None:
+            optimizer.load_state_dict(self._optimizer_state)
+        self._cache.clear()
+        try:
+            for epoch in range(n_epochs):
+                snapshot = copy.deepcopy(net.state_dict())
+                start, epoch_loss = time.perf_counter(), 0.0
+                perm = torch.randperm(n, generator=generator, device=device)
+                for b in range(n_batches):
+                    step = epoch * n_batches + b
+                    lr = (0.5 * self.learning_rate * (1 + math.cos(math.pi * step / total_steps))
+                          if cosine else self.learning_rate)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    x_pos = Z[perm[b * batch_size:(b + 1) * batch_size]]  # (B, d)
+                    x_neg = self._negatives(net, x_pos, generator).detach()  # (B, d)
+                    e_pos, e_neg = net(x_pos), net(x_neg)
+                    loss = (e_pos.mean() - e_neg.mean()
+                            + self.energy_reg * (e_pos.pow(2).mean() + e_neg.pow(2).mean()))
+                    if not torch.isfinite(loss):
+                        net.load_state_dict(snapshot)
+                        warnings.warn(
+                            f"Training diverged (non-finite loss) in epoch {self.n_iter_ + 1}; "
+                            "stopped and restored the weights from the start of that epoch. "
+                            "Try a larger energy_reg or a smaller learning_rate.",
+                            ConvergenceWarning, stacklevel=3,
+                        )
+                        return
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    epoch_loss += float(loss.detach())
+                    self.t_ += 1
+                self.loss_curve_.append(epoch_loss / n_batches)
+                self.n_iter_ += 1
+                if self.verbose and (self.verbose > 1 or epoch % max(1, n_epochs // 10) == 0
+                                     or epoch == n_epochs - 1):
+                    print(f"[{type(self).__name__}] epoch {self.n_iter_:>5d}  "
+                          f"loss {self.loss_curve_[-1]: .5f}  "
+                          f"{time.perf_counter() - start:.2f}s/epoch", flush=True)
+        finally:
+            # keep everything that is pickled on the CPU, so a CUDA-fitted model loads anywhere
+            self._optimizer_state = _to_cpu(optimizer.state_dict())
+            self.energy_net_ = net.to("cpu").eval()
+
+    # ------------------------------------------------------------------ evaluation helpers
+    def _energy_module(self, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+        """A frozen copy of the energy on ``device`` in ``dtype`` (the fitted one is untouched)."""
+        module = copy.deepcopy(self.energy_net_).to(device=device, dtype=dtype).eval()
+        module.requires_grad_(False)
+        return module
+
+    def _standardize(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean_) / self.scale_
+
+    def _energy_z(self, Z: np.ndarray) -> np.ndarray:
+        # float64: batched and row-by-row evaluations then agree to ~1e-15
+        device = self._runtime_device()
+        net = self._energy_module(torch.float64, device)
+        with torch.no_grad():
+            out = [net(torch.as_tensor(Z[i:i + EVAL_BATCH], dtype=torch.float64, device=device))
+                   for i in range(0, len(Z), EVAL_BATCH)]
+        return torch.cat(out).cpu().numpy() if out else np.zeros(0)
+
+    def _compute_log_partition(self) -> None:
+        n_features = self.n_features_in_
+        method = self.log_partition
+        if method == "auto":
+            method = "quadrature" if n_features <= 2 else "ais"
+        device = self._runtime_device()
+        net = self._energy_module(torch.float64, device)
+        if method == "quadrature":
+            span = self._z_high - self._z_low
+            margin = 0.5 * span + 1.0
+            log_z, _ = partition.log_partition_quadrature(
+                net, self._z_low - margin, self._z_high + margin,
+                n_grid=self.quadrature_n_grid, device=device)
+            std_err = 0.0
+        else:
+            log_z, std_err = partition.log_partition_ais(
+                net,
+                torch.as_tensor(self._base_mean, dtype=torch.float64, device=device),
+                torch.as_tensor(1.5 * self._base_std, dtype=torch.float64, device=device),
+                n_particles=self.ais_n_particles, n_steps=self.ais_n_steps,
+                step_size=self.sample_step_size,
+                generator=_seeded_generator((self._seed, 1), device),
+            )
+        # from standardised to input units: dz = dx / prod(scale)
+        self._cache["log_z"] = log_z + float(np.sum(np.log(self.scale_)))
+        self._cache["log_z_std"] = std_err
+
+    @property
+    def log_partition_(self) -> float:
+        """``log Z`` of ``exp(-energy(x))`` in input units (computed once, then cached)."""
+        check_is_fitted(self)
+        if "log_z" not in self._cache:
+            self._compute_log_partition()
+        return self._cache["log_z"]
+
+    @property
+    def log_partition_std_(self) -> float:
+        """Standard error of :attr:`log_partition_` (0 for quadrature, whose error is tiny)."""
+        self.log_partition_  # noqa: B018 - computes the cache
+        return self._cache["log_z_std"]
+
+    # ------------------------------------------------------------------ public inference
+    def energy(self, X) -> np.ndarray:
+        """Unnormalised energy ``E(x)`` of each row, so that ``q(x) ∝ exp(-E(x))``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points in input units.
+
+        Returns
+        -------
+        energy : ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
+        return self._energy_z(self._standardize(X))
+
+    def score_samples(self, X) -> np.ndarray:
+        """Normalised log-density ``log q(x) = -E(x) - log Z`` of each row, in input units.
+
+        ``log Z`` comes from quadrature (``n_features <= 2``) or annealed importance
+        sampling, so scores of different models are comparable.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points in input units.
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,)
+        """
+        return -self.energy(X) - self.log_partition_
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood of ``X`` under the model (higher is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points in input units.
+        y : None
+            Ignored; present for API consistency.
+
+        Returns
+        -------
+        score : float
+        """
+        return float(np.mean(self.score_samples(X)))
+
+    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+        """Draw samples from the fitted model.
+
+        Sequential Monte Carlo: particles from a Gaussian fitted to the training data are
+        annealed to the model along ``base^{1-β} exp(-βE)`` with MALA moves and resampled
+        whenever their weights degenerate, so separated modes get their right mass.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of samples.
+        random_state : int, RandomState instance or None, default=None
+            Seed for the sampler.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        """
+        check_is_fitted(self)
+        if (not isinstance(n_samples, Integral) or isinstance(n_samples, bool)
+                or n_samples < 1):
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        device = self._runtime_device()
+        generator = _generator_from_random_state(random_state, device)
+        net = self._energy_module(torch.float32, device)
+        n_particles = max(int(n_samples), 1024)
+        result = samplers.anneal(
+            net, torch.as_tensor(self._base_mean, dtype=torch.float32, device=device),
+            torch.as_tensor(1.5 * self._base_std, dtype=torch.float32, device=device),
+            n_particles=n_particles, n_steps=self.sample_steps,
+            step_size=self.sample_step_size, generator=generator, resample=True,
+        )
+        x = result.x[samplers.systematic_resample(result.log_weights, generator)]
+        # systematic resampling orders particles by ancestor: shuffle before truncating
+        x = x[torch.randperm(n_particles, generator=generator, device=device)[:n_samples]]
+        # a few exact MCMC moves at β = 1 separate the copies that resampling made
+        step = _tune_mala_step(net, x, self.sample_step_size, generator)
+        x = samplers.mala(net, x, n_steps=max(1, self.sample_steps // 10), step_size=step,
+                          generator=generator)
+        return x.double().cpu().numpy() * self.scale_ + self.mean_
+
+    def denoise(self, X, noise_std: float, method: str = "posterior_mean",
+                random_state=None) -> np.ndarray:
+        """Estimate clean rows from ``X = clean + noise_std · N(0, I)`` under the model prior.
+
+        The posterior is ``q(x | y) ∝ exp(-E(x) - ‖y - x‖² / (2 noise_std²))``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Noisy observations, in input units.
+        noise_std : float
+            Standard deviation of the noise, in input units.
+        method : {"posterior_mean", "map"}, default="posterior_mean"
+            Posterior mean (MMSE; average of a MALA chain, ``sample_steps`` steps, half
+            burn-in) or mode (MAP; gradient descent with per-row backtracking).
+        random_state : int, RandomState instance or None, default=None
+            Seed for the MALA chain (unused by ``"map"``).
+
+        Returns
+        -------
+        X_denoised : ndarray of shape (n_samples, n_features)
+        """
+        check_is_fitted(self)
+        if method not in ("posterior_mean", "map"):
+            raise ValueError(f"method must be 'posterior_mean' or 'map', got {method!r}.")
+        if (not isinstance(noise_std, Real) or isinstance(noise_std, bool)
+                or not np.isfinite(noise_std) or noise_std <= 0):
+            raise ValueError(f"noise_std must be a positive finite number, got {noise_std!r}.")
+        X = self._validate_X(X, reset=False)
+        device = self._runtime_device()
+        net = self._energy_module(torch.float32, device)
+        y = torch.as_tensor(self._standardize(X), dtype=torch.float32, device=device)  # (n, d)
+        s2 = torch.as_tensor((noise_std / self.scale_) ** 2, dtype=torch.float32,
+                             device=device)  # (d,) noise variance in standardised units
+
+        def posterior(z: torch.Tensor) -> torch.Tensor:
+            return net(z) + ((y - z).pow(2) / (2.0 * s2)).sum(dim=1)
+
+        step0 = 0.1 * float(s2.min())
+        if method == "map":
+            z = _minimise_rowwise(posterior, y, step0, self.sample_steps)
+        else:
+            generator = _generator_from_random_state(random_state, device)
+            z = _mala_mean(posterior, y, step0, self.sample_steps, generator)
+        return z.double().cpu().numpy() * self.scale_ + self.mean_
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _tune_mala_step(energy_fn, x: torch.Tensor, step_size: float,
+                    generator: torch.Generator, n_rounds: int = 20) -> torch.Tensor:
+    """Adapt one MALA step size on throw-away moves so acceptance is near 0.57."""
+    step = torch.tensor(float(step_size), dtype=x.dtype, device=x.device)
+    energy, grad = samplers.energy_and_grad(energy_fn, x)
+    for _ in range(n_rounds):
+        _, _, _, accepted = samplers.mala_step(energy_fn, x, energy, grad, step, generator)
+        step = samplers.adapt_step_size(step, accepted.to(x.dtype).mean())
+    return step
+
+
+def _mala_mean(energy_fn, x: torch.Tensor, step_size: float, n_steps: int,
+               generator: torch.Generator) -> torch.Tensor:
+    """Posterior mean as the average of a MALA chain per row (per-row steps tuned in burn-in)."""
+    step = torch.full((x.shape[0], 1), step_size, dtype=x.dtype, device=x.device)  # (n, 1)
+    energy, grad = samplers.energy_and_grad(energy_fn, x)
+    burn_in = n_steps // 2
+    total = torch.zeros_like(x)
+    for k in range(n_steps):
+        x, energy, grad, accepted = samplers.mala_step(energy_fn, x, energy, grad, step,
+                                                       generator)
+        if k < burn_in:
+            step = samplers.adapt_step_size(step, accepted.to(x.dtype).unsqueeze(1))
+        else:
+            total += x
+    return total / (n_steps - burn_in)
+
+
+def _minimise_rowwise(energy_fn, x: torch.Tensor, step_size: float,
+                      n_steps: int) -> torch.Tensor:
+    """Gradient descent with a backtracking step per row; each row's energy never rises."""
+    step = torch.full((x.shape[0], 1), step_size, dtype=x.dtype, device=x.device)  # (n, 1)
+    energy, grad = samplers.energy_and_grad(energy_fn, x)
+    for _ in range(n_steps):
+        candidate = x - step * grad
+        energy_new, grad_new = samplers.energy_and_grad(energy_fn, candidate)
+        better = energy_new < energy  # (n,)
+        keep = better.unsqueeze(1)
+        x = torch.where(keep, candidate, x)
+        energy = torch.where(better, energy_new, energy)
+        grad = torch.where(keep, grad_new, grad)
+        step = torch.where(keep, step * 1.2, step * 0.5)
+    return x

@@ -1,0 +1,113 @@
+"""CDEnergyEstimator: an EBM trained by (persistent) contrastive divergence."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import torch
+from sklearn.utils._param_validation import Interval
+
+from skdcd import samplers
+from skdcd._base import BaseEnergyEstimator
+from skdcd._dcd import _ATTRIBUTES_DOC, _PARAMS_DOC
+
+
+class CDEnergyEstimator(BaseEnergyEstimator):
+    __doc__ = f"""Energy-based density estimator trained by contrastive divergence (CD-k).
+
+    Negatives are ``k`` steps of unadjusted Langevin dynamics on ``E`` started at the
+    data (CD, Hinton 2002) or at a replay buffer of earlier negatives (persistent CD,
+    Tieleman 2008). The practical CD gradient drops a term that comes from the chain
+    depending on the model; :class:`DCDEnergyEstimator` has no such term.
+
+    Parameters
+    ----------
+    n_steps : int, default=10
+        Langevin steps ``k`` per negative.
+    step_size : float, default=0.01
+        Langevin step ``η`` in standardised units: ``x ← x - η∇E + sqrt(2η) ξ``.
+    persistent : bool, default=False
+        Start chains from a replay buffer instead of the data (PCD).
+    buffer_size : int, default=10000
+        Size of the replay buffer.
+    reinit_prob : float, default=0.05
+        Probability that a buffer chain restarts from the Gaussian base.
+    {_PARAMS_DOC.replace("{energy_reg}", "0.1")}
+    {_ATTRIBUTES_DOC}
+
+    See Also
+    --------
+    DCDEnergyEstimator : The same model trained by diffusion contrastive divergence.
+
+    Examples
+    --------
+    >>> from skdcd import CDEnergyEstimator
+    >>> from skdcd.datasets import make_toy
+    >>> X = make_toy("two_moons", 500, random_state=0)
+    >>> est = CDEnergyEstimator(max_iter=5, random_state=0).fit(X)
+    >>> est.energy(X[:4]).shape
+    (4,)
+    """
+
+    _parameter_constraints: dict = {
+        **BaseEnergyEstimator._parameter_constraints,
+        "n_steps": [Interval(Integral, 1, None, closed="left")],
+        "step_size": [Interval(Real, 0, None, closed="neither")],
+        "persistent": ["boolean"],
+        "buffer_size": [Interval(Integral, 1, None, closed="left")],
+        "reinit_prob": [Interval(Real, 0, 1, closed="both")],
+    }
+
+    def __init__(
+        self, *, n_steps=10, step_size=0.01, persistent=False, buffer_size=10000,
+        reinit_prob=0.05,
+        hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
+        learning_rate=1e-3, lr_schedule="cosine", batch_size=256, max_iter="auto",
+        energy_reg=0.1, envelope_std=3.0, standardize=True, log_partition="auto",
+        quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
+        sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation,
+            energy_net=energy_net, learning_rate=learning_rate, lr_schedule=lr_schedule,
+            batch_size=batch_size, max_iter=max_iter, energy_reg=energy_reg,
+            envelope_std=envelope_std, standardize=standardize, log_partition=log_partition,
+            quadrature_n_grid=quadrature_n_grid, ais_n_particles=ais_n_particles,
+            ais_n_steps=ais_n_steps, sample_steps=sample_steps,
+            sample_step_size=sample_step_size, device=device, random_state=random_state,
+            verbose=verbose, warm_start=warm_start,
+        )
+        self.n_steps = n_steps
+        self.step_size = step_size
+        self.persistent = persistent
+        self.buffer_size = buffer_size
+        self.reinit_prob = reinit_prob
+
+    def _base_draw(self, n: int, generator: torch.Generator, device) -> torch.Tensor:
+        mean = torch.as_tensor(self._base_mean, dtype=torch.float32, device=device)
+        std = torch.as_tensor(self._base_std, dtype=torch.float32, device=device)
+        return mean + std * torch.randn((n, mean.numel()), generator=generator, device=device)
+
+    def _init_extra_state(self, Z: torch.Tensor, generator: torch.Generator) -> None:
+        # stored on the CPU so that the estimator pickles anywhere
+        self._buffer = (self._base_draw(self.buffer_size, generator, Z.device).cpu()
+                        if self.persistent else None)
+
+    def _negatives(self, energy_fn, x_pos: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+        device, n = x_pos.device, x_pos.shape[0]
+        if not self.persistent:
+            start = x_pos
+        else:
+            if getattr(self, "_buffer", None) is None:  # persistent switched on by warm start
+                self._buffer = self._base_draw(self.buffer_size, generator, device).cpu()
+            idx = torch.randint(self._buffer.shape[0], (n,), generator=generator,
+                                device=device).cpu()
+            start = self._buffer[idx].to(device)  # (B, d)
+            restart = torch.rand((n, 1), generator=generator, device=device) < self.reinit_prob
+            start = torch.where(restart, self._base_draw(n, generator, device), start)
+        x_neg = samplers.ula(energy_fn, start, n_steps=self.n_steps, step_size=self.step_size,
+                             generator=generator)
+        if self.persistent:
+            self._buffer[idx] = x_neg.detach().cpu()
+        return x_neg

@@ -1,0 +1,92 @@
+"""Energy networks: small PyTorch modules mapping ``(n, d)`` inputs to ``(n,)`` energies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+    "relu": nn.ReLU,
+}
+
+
+class MLPEnergy(nn.Module):
+    """Multi-layer perceptron with a scalar output, used as an energy ``E(x)``.
+
+    Smooth activations (the default SiLU) give smooth energies, which Langevin-type
+    samplers need: ``relu`` is available but makes ``∇E`` piecewise constant.
+
+    Parameters
+    ----------
+    n_features : int
+        Input dimension ``d``.
+    hidden_layer_sizes : sequence of int
+        Widths of the hidden layers.
+    activation : str
+        One of ``ACTIVATIONS``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = MLPEnergy(2, (16, 16))
+    >>> net(torch.zeros(5, 2)).shape
+    torch.Size([5])
+    """
+
+    def __init__(
+        self, n_features: int, hidden_layer_sizes: Sequence[int] = (128, 128, 128),
+        activation: str = "silu",
+    ) -> None:
+        super().__init__()
+        widths = [n_features, *hidden_layer_sizes]
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(widths[-1], 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Energy of each row of ``x`` (shape ``(n, d)``), returned with shape ``(n,)``."""
+        return self.net(x).squeeze(-1)
+
+
+class EnvelopedEnergy(nn.Module):
+    """Energy network plus a Gaussian envelope that keeps ``exp(-E)`` integrable.
+
+    ``E(x) = f(x) + ‖x‖² / (2 τ²)``. A bounded-below network ``f`` alone need not give a
+    normalisable density; the envelope guarantees it whenever ``f`` grows slower than
+    quadratically, which a network with linear-growth activations does.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Maps ``(n, d)`` to ``(n,)`` or ``(n, 1)``.
+    envelope_std : float or None
+        ``τ``; ``None`` disables the envelope.
+    """
+
+    def __init__(self, net: nn.Module, envelope_std: float | None) -> None:
+        super().__init__()
+        self.net = net
+        self.envelope_std = envelope_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Energy of each row of ``x``, shape ``(n,)``."""
+        energy = self.net(x)
+        if energy.ndim == 2 and energy.shape[1] == 1:
+            energy = energy.squeeze(1)
+        if energy.shape != x.shape[:1]:
+            raise ValueError(
+                f"The energy network must map inputs of shape (n, d) to (n,) or (n, 1); "
+                f"got output shape {tuple(energy.shape)} for input shape {tuple(x.shape)}."
+            )
+        if self.envelope_std is not None:
+            energy = energy + x.pow(2).sum(dim=1) / (2.0 * self.envelope_std**2)
+        return energy
