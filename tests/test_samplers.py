@@ -1,0 +1,136 @@
+"""Samplers against Gaussian oracles."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from skdcd import samplers
+
+
+def _gen(seed=0):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)
+STD = torch.tensor([0.5, 2.0], dtype=torch.float64)
+
+
+def gaussian_energy(x):
+    return 0.5 * ((x - MEAN) / STD).pow(2).sum(dim=1)
+
+
+def test_energy_and_grad_matches_analytic():
+    x = torch.randn(5, 2, dtype=torch.float64)
+    energy, grad = samplers.energy_and_grad(gaussian_energy, x)
+    torch.testing.assert_close(energy, gaussian_energy(x))
+    torch.testing.assert_close(grad, (x - MEAN) / STD**2)
+    assert not energy.requires_grad and not grad.requires_grad
+
+
+def test_mala_reproduces_gaussian_moments():
+    x0 = torch.zeros(4000, 2, dtype=torch.float64)
+    x = samplers.mala(gaussian_energy, x0, n_steps=400, step_size=0.1, generator=_gen())
+    torch.testing.assert_close(x.mean(0), MEAN, atol=0.1, rtol=0)
+    torch.testing.assert_close(x.std(0), STD, atol=0.08, rtol=0)
+
+
+def test_ula_reproduces_gaussian_moments_up_to_its_step_bias():
+    # ULA on N(m, s²) with step η has stationary variance s² / (1 - η / (2 s²))
+    x0 = torch.zeros(4000, 2, dtype=torch.float64)
+    eta = 0.02
+    x = samplers.ula(gaussian_energy, x0, n_steps=1500, step_size=eta, generator=_gen(1))
+    biased_std = STD / torch.sqrt(1 - eta / (2 * STD**2))
+    torch.testing.assert_close(x.mean(0), MEAN, atol=0.1, rtol=0)
+    torch.testing.assert_close(x.std(0), biased_std, atol=0.06, rtol=0)
+
+
+def test_mala_per_chain_step_sizes_and_rejects_nan_proposals():
+    def energy(x):
+        e = 0.5 * x.pow(2).sum(1)
+        return torch.where(x[:, 0] > 3, torch.full_like(e, float("nan")), e)
+
+    x0 = torch.zeros(100, 2, dtype=torch.float64)
+    steps = torch.linspace(0.01, 1.0, 100, dtype=torch.float64).unsqueeze(1)
+    x = samplers.mala(energy, x0, n_steps=50, step_size=steps, generator=_gen())
+    assert torch.isfinite(x).all() and (x[:, 0] <= 3).all()
+
+
+def _gaussian_posterior(x_t, alpha, sigma):
+    """Exact q(x'|x_t) for prior N(MEAN, STD²): precision 1/s² + α²/σ²."""
+    prec = 1 / STD**2 + alpha**2 / sigma**2
+    mean = (MEAN / STD**2 + alpha * x_t / sigma**2) / prec
+    return mean, 1 / torch.sqrt(prec)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.8])
+def test_importance_posterior_matches_exact_posterior(alpha):
+    n, sigma = 20000, 0.5
+    x_t = torch.tensor([[0.5, 0.0]], dtype=torch.float64).repeat(n, 1)
+    a = torch.full((n, 1), alpha, dtype=torch.float64)
+    s = torch.full((n, 1), sigma, dtype=torch.float64)
+    x = samplers.importance_posterior(gaussian_energy, x_t, a, s, n_proposals=256,
+                                      generator=_gen())
+    mean, std = _gaussian_posterior(x_t[0], alpha, sigma)
+    torch.testing.assert_close(x.mean(0), mean, atol=0.02, rtol=0)
+    torch.testing.assert_close(x.std(0), std, atol=0.02, rtol=0)
+
+
+def test_laplace_posterior_is_exact_in_the_small_noise_limit():
+    n, sigma = 20000, 0.05
+    x_t = torch.tensor([[0.5, 0.0]], dtype=torch.float64).repeat(n, 1)
+    a = torch.ones(n, 1, dtype=torch.float64)
+    s = torch.full((n, 1), sigma, dtype=torch.float64)
+    x = samplers.laplace_posterior(gaussian_energy, x_t, a, s, generator=_gen())
+    mean, std = _gaussian_posterior(x_t[0], 1.0, sigma)
+    torch.testing.assert_close(x.mean(0), mean, atol=2e-3, rtol=0)
+    torch.testing.assert_close(x.std(0), std, atol=2e-3, rtol=0)
+
+
+def test_importance_posterior_survives_infinite_energies():
+    def energy(x):
+        return torch.full((x.shape[0],), float("inf"), dtype=x.dtype)
+
+    x_t = torch.zeros(10, 2, dtype=torch.float64)
+    one = torch.ones(10, 1, dtype=torch.float64)
+    x = samplers.importance_posterior(energy, x_t, one, one, n_proposals=4, generator=_gen())
+    assert torch.isfinite(x).all()
+
+
+def test_sigmoid_schedule_is_monotone_from_zero_to_one():
+    betas = samplers.sigmoid_schedule(50)
+    assert betas[0] == 0 and betas[-1] == 1 and (betas.diff() > 0).all()
+
+
+def test_systematic_resample_counts_follow_weights():
+    w = torch.tensor([0.5, 0.25, 0.125, 0.125], dtype=torch.float64)
+    idx = samplers.systematic_resample(torch.log(w).repeat_interleave(250), _gen())
+    counts = torch.bincount(idx // 250, minlength=4)
+    # systematic resampling is exact to within one particle per stratum
+    assert (counts - 1000 * w).abs().max() <= 1
+
+
+def test_anneal_estimates_log_normalizer_and_mode_weights():
+    # mixture 0.8 N(-3, 0.3²) + 0.2 N(3, 0.3²), total mass Z = 2 (unnormalised)
+    def energy(x):
+        comps = torch.stack([
+            math.log(0.8) - 0.5 * ((x[:, 0] + 3) / 0.3) ** 2,
+            math.log(0.2) - 0.5 * ((x[:, 0] - 3) / 0.3) ** 2,
+        ])
+        return -(torch.logsumexp(comps, 0) + math.log(2 / (0.3 * math.sqrt(2 * math.pi))))
+
+    base_mean = torch.zeros(1, dtype=torch.float64)
+    base_std = torch.full((1,), 4.0, dtype=torch.float64)
+    smc = samplers.anneal(energy, base_mean, base_std, n_particles=4000, n_steps=200,
+                          step_size=0.1, generator=_gen(), resample=True)
+    resampled = smc.x[samplers.systematic_resample(smc.log_weights, _gen(2))]
+    assert abs(float((resampled[:, 0] > 0).double().mean()) - 0.2) < 0.03
+    assert abs(smc.log_normalizer - math.log(2)) < 0.1
+    ais = samplers.anneal(energy, base_mean, base_std, n_particles=4000, n_steps=200,
+                          step_size=0.1, generator=_gen(1), resample=False)
+    assert abs(ais.log_normalizer - math.log(2)) < 0.1
+    w = torch.softmax(ais.log_weights, 0)
+    assert abs(float(w[ais.x[:, 0] > 0].sum()) - 0.2) < 0.03
