@@ -487,9 +487,10 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             raise ValueError(f"noise_std must be a positive finite number, got {noise_std!r}.")
         X = self._validate_X(X, reset=False)
         device = self._runtime_device()
-        net = self._energy_module(torch.float32, device)
-        y = torch.as_tensor(self._standardize(X), dtype=torch.float32, device=device)  # (n, d)
-        s2 = torch.as_tensor((noise_std / self.scale_) ** 2, dtype=torch.float32,
+        # float64: MAP's descent test compares energies that differ by less than float32 eps
+        net = self._energy_module(torch.float64, device)
+        y = torch.as_tensor(self._standardize(X), dtype=torch.float64, device=device)  # (n, d)
+        s2 = torch.as_tensor((noise_std / self.scale_) ** 2, dtype=torch.float64,
                              device=device)  # (d,) noise variance in standardised units
 
         def posterior(z: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Benchmarks for skdcd (not run by CI)."""

@@ -1,0 +1,333 @@
+"""The estimator contract shared by DCDEnergyEstimator and CDEnergyEstimator."""
+
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from scipy.stats import multivariate_normal
+
+from skdcd import CDEnergyEstimator, DCDEnergyEstimator
+from tests.conftest import FAST, gaussian_model
+
+ESTIMATORS = [DCDEnergyEstimator, CDEnergyEstimator]
+
+
+# ---------------------------------------------------------------- shapes and dtypes
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(n=st.integers(1, 40), d=st.integers(1, 3), dtype=st.sampled_from([np.float32, np.float64,
+                                                                          np.int64]),
+       n_new=st.integers(1, 7))
+def test_shapes_and_dtypes_of_every_method(est_cls, n, d, dtype, n_new):
+    rng = np.random.RandomState(n * 10 + d)
+    X = (rng.randn(n, d) * 3).astype(dtype)
+    est = est_cls(**FAST).fit(X)
+    X_new = rng.randn(n_new, d)
+    for values in (est.score_samples(X_new), est.energy(X_new)):
+        assert values.shape == (n_new,) and values.dtype == np.float64
+        assert np.isfinite(values).all()
+    assert isinstance(est.score(X_new), float)
+    samples = est.sample(n_new, random_state=0)
+    assert samples.shape == (n_new, d) and samples.dtype == np.float64
+    assert np.isfinite(samples).all()
+    for method in ("posterior_mean", "map"):
+        out = est.denoise(X_new, noise_std=0.5, method=method, random_state=0)
+        assert out.shape == X_new.shape and np.isfinite(out).all()
+    assert isinstance(est.log_partition_, float) and np.isfinite(est.log_partition_)
+    assert est.log_partition_std_ >= 0
+    assert len(est.loss_curve_) == est.n_iter_ == FAST["max_iter"]
+
+
+# ---------------------------------------------------------------- normalisation
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_score_samples_invariant_to_an_energy_offset(est_cls, d, blobs):
+    X = np.random.RandomState(d).randn(100, d)
+    est = est_cls(**FAST).fit(X)
+    before, energy_before = est.score_samples(X), est.energy(X)
+    with torch.no_grad():
+        est.energy_net_.net.net[-1].bias += 5.0
+    est._cache.clear()
+    assert est.energy(X) == pytest.approx(energy_before + 5.0)
+    tol = 1e-6 if d <= 2 else 4 * est.log_partition_std_ + 1e-3  # AIS is random
+    np.testing.assert_allclose(est.score_samples(X), before, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+@pytest.mark.parametrize("d,method", [(1, "auto"), (2, "auto"), (2, "ais"), (4, "auto")])
+def test_score_samples_exact_for_a_gaussian_energy(est_cls, d, method):
+    rng = np.random.RandomState(d)
+    mean, var = rng.randn(d), np.exp(rng.randn(d))
+    est = gaussian_model(est_cls, mean, var, log_partition=method, quadrature_n_grid=256,
+                         ais_n_particles=1024, ais_n_steps=128)
+    X = rng.randn(20, d)
+    exact = multivariate_normal(mean, np.diag(var)).logpdf(X)
+    se = est.log_partition_std_
+    if d <= 2 and method == "auto":
+        assert se == 0
+        np.testing.assert_allclose(est.score_samples(X), exact, atol=1e-6)
+    else:
+        assert 0 < se < 0.1
+        np.testing.assert_allclose(est.score_samples(X), exact, atol=3 * se + 1e-3)
+
+
+def test_score_samples_includes_the_standardisation_jacobian():
+    rng = np.random.RandomState(0)
+    X = rng.randn(300, 2) * [100.0, 0.01]
+    est = DCDEnergyEstimator(**FAST).fit(X)
+    # the same model on rescaled inputs differs exactly by the log-Jacobian
+    est_scaled = DCDEnergyEstimator(**FAST).fit(X * 10)
+    np.testing.assert_allclose(est_scaled.score_samples(X * 10),
+                               est.score_samples(X) - 2 * np.log(10), atol=1e-6)
+
+
+def test_sample_matches_a_gaussian_energy():
+    est = gaussian_model(DCDEnergyEstimator, [1.0, -2.0], [0.25, 4.0], sample_steps=64)
+    S = est.sample(4000, random_state=0)
+    np.testing.assert_allclose(S.mean(0), [1.0, -2.0], atol=0.1)
+    np.testing.assert_allclose(S.std(0), [0.5, 2.0], atol=0.1)
+
+
+@pytest.mark.parametrize("method", ["posterior_mean", "map"])
+def test_denoise_matches_the_exact_gaussian_posterior_mean(method):
+    # prior N(m, v), y = x + s ε: posterior mean = mode = (m/v + y/s²) / (1/v + 1/s²)
+    mean, var, s = np.array([1.0, -2.0]), np.array([0.25, 4.0]), 0.5
+    est = gaussian_model(DCDEnergyEstimator, mean, var, sample_steps=400)
+    y = np.random.RandomState(0).randn(200, 2) * 2
+    exact = (mean / var + y / s**2) / (1 / var + 1 / s**2)
+    out = est.denoise(y, noise_std=s, method=method, random_state=0)
+    # the MALA average has Monte Carlo error ~ posterior std / sqrt(effective samples)
+    if method == "map":
+        np.testing.assert_allclose(out, exact, atol=1e-5)
+    else:  # a MALA average: Monte Carlo error ~ 0.1 here, and no bias
+        assert np.abs(out - exact).max() < 0.4
+        assert np.abs(out - exact).mean() < 0.08
+        np.testing.assert_allclose((out - exact).mean(0), 0, atol=0.03)
+
+
+# ---------------------------------------------------------------- reproducibility
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+def test_refit_with_the_same_random_state_is_bit_identical(est_cls, blobs):
+    a = est_cls(**FAST).fit(blobs)
+    b = est_cls(**FAST).fit(blobs)
+    for (k, va), vb in zip(a.energy_net_.state_dict().items(),
+                           b.energy_net_.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert np.array_equal(a.score_samples(blobs), b.score_samples(blobs))
+    assert np.array_equal(a.sample(20, random_state=3), b.sample(20, random_state=3))
+    assert np.array_equal(a.denoise(blobs, 0.3, random_state=1),
+                          b.denoise(blobs, 0.3, random_state=1))
+    c = est_cls(**{**FAST, "random_state": 1}).fit(blobs)
+    assert not np.array_equal(a.score_samples(blobs), c.score_samples(blobs))
+
+
+def test_torch_global_rng_is_untouched(blobs):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    DCDEnergyEstimator(**FAST).fit(blobs).sample(5, random_state=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+@pytest.mark.parametrize("roundtrip", ["clone", "pickle", "joblib"])
+def test_roundtrips_give_identical_results(est_cls, roundtrip, blobs, tmp_path):
+    est = est_cls(**FAST).fit(blobs)
+    if roundtrip == "clone":
+        other = clone(est).fit(blobs)
+    elif roundtrip == "pickle":
+        other = pickle.loads(pickle.dumps(est))
+    else:
+        joblib.dump(est, tmp_path / "model.joblib")
+        other = joblib.load(tmp_path / "model.joblib")
+    assert np.array_equal(est.score_samples(blobs), other.score_samples(blobs))
+    assert np.array_equal(est.sample(10, random_state=0), other.sample(10, random_state=0))
+
+
+# ---------------------------------------------------------------- training API
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+def test_partial_fit_trains_one_epoch_at_a_time(est_cls, blobs):
+    est = est_cls(**FAST)
+    assert est.partial_fit(blobs) is est
+    assert est.n_iter_ == 1
+    first = {k: v.clone() for k, v in est.energy_net_.state_dict().items()}
+    est.partial_fit(blobs[:50])
+    assert est.n_iter_ == 2 and est.t_ == 2
+    changed = [not torch.equal(first[k], v) for k, v in est.energy_net_.state_dict().items()]
+    assert any(changed)
+    with pytest.raises(ValueError, match="features"):
+        est.partial_fit(blobs[:, :1])
+
+
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+def test_warm_start_continues_training(est_cls, blobs):
+    est = est_cls(**{**FAST, "warm_start": True}).fit(blobs)
+    net_before = est.energy_net_
+    est.fit(blobs)
+    assert est.energy_net_ is net_before and est.n_iter_ == 2 * FAST["max_iter"]
+    cold = est_cls(**FAST).fit(blobs).fit(blobs)
+    assert cold.n_iter_ == FAST["max_iter"]
+
+
+def test_feature_names_from_a_dataframe(blobs):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(blobs, columns=["a", "b"])
+    est = DCDEnergyEstimator(**FAST).fit(df)
+    assert list(est.feature_names_in_) == ["a", "b"]
+    with pytest.warns(UserWarning, match="feature names"):
+        est.score_samples(blobs)
+
+
+def test_custom_energy_net_factory(blobs):
+    def factory(n_features):
+        return torch.nn.Sequential(torch.nn.Linear(n_features, 8), torch.nn.Tanh(),
+                                   torch.nn.Linear(8, 1))
+
+    est = DCDEnergyEstimator(**{**FAST, "energy_net": factory}).fit(blobs)
+    assert isinstance(est.energy_net_.net, torch.nn.Sequential)
+    assert np.isfinite(est.score(blobs))
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        DCDEnergyEstimator(**{**FAST, "energy_net": lambda d: "not a module"}).fit(blobs)
+    bad_shape = DCDEnergyEstimator(**{**FAST, "energy_net": lambda d: torch.nn.Linear(d, 3)})
+    with pytest.raises(ValueError, match="energy network must map"):
+        bad_shape.fit(blobs)
+
+
+def test_divergence_is_caught_and_the_weights_restored(blobs):
+    est = CDEnergyEstimator(**{**FAST, "learning_rate": 1e12, "energy_reg": 0.0,
+                               "max_iter": 30, "step_size": 10.0})
+    with pytest.warns(ConvergenceWarning, match="diverged"):
+        est.fit(blobs * 1e3)
+    assert all(torch.isfinite(p).all() for p in est.energy_net_.parameters())
+
+
+def test_verbose_prints_progress(blobs, capsys):
+    DCDEnergyEstimator(**{**FAST, "verbose": 1}).fit(blobs)
+    assert "epoch" in capsys.readouterr().out
+    DCDEnergyEstimator(**FAST).fit(blobs)
+    assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------------- bad input
+BAD_X = {
+    "nan": (np.array([[0.0, np.nan]] * 3), ValueError, "NaN"),
+    "inf": (np.array([[0.0, np.inf]] * 3), ValueError, "infinity"),
+    "empty": (np.zeros((0, 2)), ValueError, "0 sample"),
+    "1-D": (np.zeros(3), ValueError, "2D array"),
+    "strings": (np.array([["a", "b"]] * 3), ValueError, "could not convert|Unable to convert"),
+    "complex": (np.ones((3, 2)) + 1j, ValueError, "Complex"),
+}
+
+
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+@pytest.mark.parametrize("case", list(BAD_X))
+def test_bad_inputs_raise_clear_errors(est_cls, case, blobs):
+    X_bad, error, match = BAD_X[case]
+    with pytest.raises(error, match=match):
+        est_cls(**FAST).fit(X_bad)
+    est = est_cls(**FAST).fit(blobs)
+    for method in (est.score_samples, est.score, est.energy, est.partial_fit,
+                   lambda X: est.denoise(X, 0.1)):
+        with pytest.raises(error, match=match):
+            method(X_bad)
+    np.testing.assert_array_equal(est.score_samples(blobs[:3]), est.score_samples(blobs[:3]))
+
+
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+def test_wrong_width_unfitted_and_bad_arguments(est_cls, blobs):
+    est = est_cls(**FAST)
+    for call in (lambda: est.score_samples(blobs), lambda: est.sample(2),
+                 lambda: est.denoise(blobs, 0.1), lambda: est.energy(blobs),
+                 lambda: est.score(blobs), lambda: est.log_partition_):
+        with pytest.raises(NotFittedError):
+            call()
+    assert not hasattr(est, "log_partition_")
+    est.fit(blobs)
+    with pytest.raises(ValueError, match="3 features"):
+        est.score_samples(np.zeros((4, 3)))
+    for n in (0, -1, 2.5, "3", True, None):
+        with pytest.raises(ValueError, match="n_samples"):
+            est.sample(n)
+    for noise in (0, -1.0, np.nan, np.inf, "0.1", None):
+        with pytest.raises(ValueError, match="noise_std"):
+            est.denoise(blobs, noise)
+    with pytest.raises(ValueError, match="method"):
+        est.denoise(blobs, 0.1, method="median")
+
+
+def test_invalid_parameters_are_reported_at_fit(blobs):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    bad = [dict(noise_std=(0.5, 0.1)), dict(noise_std=(0.1, 0.2, 0.3)), dict(noise_std=-1.0),
+           dict(diffusion="vp", noise_std=1.5), dict(negative_sampler="gibbs"),
+           dict(hidden_layer_sizes=(0, 4)), dict(device="tpu-9000"),
+           dict(log_partition="quadrature")]
+    for params in bad:
+        est = DCDEnergyEstimator(**{**FAST, **params})
+        with pytest.raises((ValueError, InvalidParameterError)):
+            est.fit(np.random.RandomState(0).randn(20, 3))
+
+
+# ---------------------------------------------------------------- devices
+def test_cuda_fitted_model_falls_back_to_cpu(blobs):
+    # simulates loading a model fitted with device="cuda" on a machine without CUDA
+    est = DCDEnergyEstimator(**FAST).fit(blobs)
+    expected = est.score_samples(blobs)
+    est.device = "cuda"
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: the fallback cannot be exercised")
+    with pytest.warns(RuntimeWarning, match="computing on the CPU"):
+        np.testing.assert_allclose(est.score_samples(blobs), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+def test_fit_on_cuda_then_load_and_score_on_cpu(est_cls, blobs, tmp_path, monkeypatch):
+    est = est_cls(**{**FAST, "device": "cuda"}).fit(blobs)
+    on_gpu = est.score_samples(blobs)
+    joblib.dump(est, tmp_path / "m.joblib")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = joblib.load(tmp_path / "m.joblib")
+    with pytest.warns(RuntimeWarning):
+        on_cpu = loaded.score_samples(blobs)
+    np.testing.assert_allclose(on_cpu, on_gpu, rtol=1e-5, atol=1e-5)
+    assert next(loaded.energy_net_.parameters()).device.type == "cpu"
+
+
+# ---------------------------------------------------------------- composition
+def test_pipeline_with_a_scaler(blobs):
+    pipe = make_pipeline(StandardScaler(), DCDEnergyEstimator(**FAST)).fit(blobs)
+    assert pipe.score_samples(blobs).shape == (len(blobs),)
+    assert np.isfinite(pipe.score(blobs))
+
+
+def test_grid_search_in_parallel_picks_the_best_mean_score(blobs):
+    grid = {"noise_std": [0.1, 0.3], "diffusion": ["ve", "vp"]}
+    search = GridSearchCV(DCDEnergyEstimator(**FAST), grid, cv=2, n_jobs=2).fit(blobs)
+    scores = search.cv_results_["mean_test_score"]
+    assert np.isfinite(scores).all()
+    assert search.best_score_ == scores.max()
+    serial = GridSearchCV(DCDEnergyEstimator(**FAST), grid, cv=2, n_jobs=1).fit(blobs)
+    np.testing.assert_allclose(serial.cv_results_["mean_test_score"], scores, rtol=1e-6)
+    assert serial.best_params_ == search.best_params_
+
+
+def test_grid_search_prefers_a_trained_model_over_an_untrained_one():
+    rng = np.random.RandomState(0)
+    X = rng.randn(600, 2) * [2.0, 0.3]
+    X[:, 1] += 0.5 * X[:, 0] ** 2 / 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search = GridSearchCV(DCDEnergyEstimator(**{**FAST, "hidden_layer_sizes": (32, 32)}),
+                              {"max_iter": [1, 150]}, cv=3).fit(X)
+    assert search.best_params_ == {"max_iter": 150}
