@@ -184,17 +184,25 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             )
 
     def _negatives(self, energy_fn, x_pos: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         sigma = diff.sample_noise_levels(x_pos.shape[0], self.noise_std, generator=generator,
                                          device=x_pos.device, dtype=x_pos.dtype)  # (B, 1)
         alpha = diff.alpha_from_sigma(sigma, self.diffusion)  # (B, 1)
         x_t = diff.perturb(x_pos, alpha, sigma, generator=generator)  # (B, d)
         if self.negative_sampler == "importance":
+            if getattr(self, "_weighted", False):
+                proposals, weights = samplers.importance_proposals(
+                    energy_fn, x_t, alpha, sigma, n_proposals=self.n_proposals,
+                    generator=generator)  # (B, M, d), (B, M)
+                n_rows = proposals.shape[0] * proposals.shape[1]
+                return (proposals.reshape(n_rows, -1),
+                        weights.reshape(n_rows) / x_pos.shape[0])
             return samplers.importance_posterior(energy_fn, x_t, alpha, sigma,
                                                  n_proposals=self.n_proposals,
-                                                 generator=generator)
+                                                 generator=generator), None
         if self.negative_sampler == "laplace":
-            return samplers.laplace_posterior(energy_fn, x_t, alpha, sigma, generator=generator)
+            return samplers.laplace_posterior(energy_fn, x_t, alpha, sigma,
+                                              generator=generator), None
 
         def posterior(x: torch.Tensor) -> torch.Tensor:
             return diff.posterior_energy(energy_fn, x, x_t, alpha, sigma)
@@ -202,4 +210,4 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         mcmc = samplers.ula if self.negative_sampler == "langevin" else samplers.mala
         return mcmc(posterior, x_t / alpha, n_steps=self.posterior_steps,
                     step_size=self.posterior_step_size * (sigma / alpha) ** 2,
-                    generator=generator)
+                    generator=generator), None

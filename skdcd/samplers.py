@@ -107,22 +107,22 @@ def adapt_step_size(step_size: torch.Tensor, acceptance: torch.Tensor) -> torch.
     return step_size * torch.exp(2.0 * (acceptance - TARGET_ACCEPTANCE))
 
 
-def importance_posterior(
+def importance_proposals(
     energy_fn: EnergyFn, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
     n_proposals: int, generator: torch.Generator,
-) -> torch.Tensor:
-    """MCMC-free posterior draw by sampling importance resampling.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Proposals and self-normalised weights for the posterior ``q(x' | x_t)``.
 
     Proposals ``x'_j = (x_t + σ ξ_j) / α`` follow the Gaussian factor of
     ``q(x' | x_t) ∝ exp(-E(x') - ‖x_t - α x'‖² / (2σ²))`` exactly, so the self-normalised
-    weights are ``w_j ∝ exp(-E(x'_j))`` (Energy Discrepancy's estimator). One proposal per
-    row is resampled with probabilities ``w``; its gradient is an unbiased estimate of
-    ``Σ_j w_j ∇E(x'_j)`` while back-propagating ``M`` times fewer rows.
+    weights are ``w_j ∝ exp(-E(x'_j))`` (the estimator of Energy Discrepancy).
 
     Returns
     -------
-    torch.Tensor
-        Shape ``(n, d)``, detached.
+    proposals : torch.Tensor
+        Shape ``(n, M, d)``.
+    weights : torch.Tensor
+        Shape ``(n, M)``, each row summing to one; detached.
     """
     n, d = x_t.shape
     noise = torch.randn((n, n_proposals, d), generator=generator, device=x_t.device,
@@ -131,10 +131,29 @@ def importance_posterior(
     with torch.no_grad():
         log_w = -energy_fn(proposals.reshape(n * n_proposals, d)).reshape(n, n_proposals)
         log_w = torch.nan_to_num(log_w, nan=-torch.inf)
-        # rows whose proposals all have infinite energy fall back to a uniform choice
+        # rows whose proposals all have infinite energy fall back to uniform weights
         log_w = torch.where(torch.isinf(log_w).all(dim=1, keepdim=True), 0.0, log_w)
-        choice = torch.multinomial(torch.softmax(log_w, dim=1), 1, generator=generator)  # (n, 1)
-    return proposals[torch.arange(n, device=x_t.device), choice.squeeze(1)]
+    return proposals, torch.softmax(log_w, dim=1)
+
+
+def importance_posterior(
+    energy_fn: EnergyFn, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
+    n_proposals: int, generator: torch.Generator,
+) -> torch.Tensor:
+    """MCMC-free posterior draw by sampling importance resampling.
+
+    One of the :func:`importance_proposals` is resampled per row with probabilities ``w``;
+    its gradient is an unbiased estimate of ``Σ_j w_j ∇E(x'_j)``.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(n, d)``, detached.
+    """
+    proposals, weights = importance_proposals(energy_fn, x_t, alpha, sigma,
+                                              n_proposals=n_proposals, generator=generator)
+    choice = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (n,)
+    return proposals[torch.arange(x_t.shape[0], device=x_t.device), choice]
 
 
 def laplace_posterior(

@@ -1,0 +1,88 @@
+"""DCD: the estimator's gradient against the closed-form Gaussian DCD, and its samplers."""
+
+import numpy as np
+import pytest
+import torch
+
+from skdcd import DCDEnergyEstimator
+from skdcd.diffusion import gaussian_dcd
+from skdcd.networks import EnvelopedEnergy
+from tests.conftest import FAST, QuadraticEnergy
+
+MEAN_P, VAR_P = np.array([0.5, -1.0]), np.array([0.8, 0.3])
+MEAN_Q, LOG_PREC_Q = np.array([0.0, 0.0]), np.array([0.3, -0.2])
+
+
+def _closed_form_grad(sigma, diffusion, h=1e-5):
+    """Central finite differences of the exact DCD in (mean, log_prec) of the model."""
+    theta = np.r_[MEAN_Q, LOG_PREC_Q]
+
+    def dcd(t):
+        return gaussian_dcd(MEAN_P, np.diag(VAR_P), t[:2], np.diag(np.exp(-t[2:])), sigma,
+                            diffusion)
+
+    return np.array([(dcd(theta + h * e) - dcd(theta - h * e)) / (2 * h)
+                     for e in np.eye(len(theta))])
+
+
+def _estimator_grad(est, n=20000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    net = EnvelopedEnergy(QuadraticEnergy(2, MEAN_Q, LOG_PREC_Q).double(), None)
+    x_pos = (torch.as_tensor(MEAN_P) + torch.as_tensor(np.sqrt(VAR_P))
+             * torch.randn(n, 2, generator=g, dtype=torch.float64))
+    x_neg = est._negatives(net, x_pos, g)[0].detach()
+    loss = net(x_pos).mean() - net(x_neg).mean()  # the surrogate, without the penalty
+    loss.backward()
+    q = net.net
+    return np.r_[q.mean.grad.numpy(), q.log_prec.grad.numpy()]
+
+
+@pytest.mark.parametrize("diffusion,sigma", [("ve", 0.7), ("vp", 0.6)])
+@pytest.mark.parametrize("sampler", ["importance", "mala"])
+def test_gradient_matches_finite_difference_of_closed_form_dcd(diffusion, sigma, sampler):
+    est = DCDEnergyEstimator(diffusion=diffusion, noise_std=sigma, negative_sampler=sampler,
+                             n_proposals=256, posterior_steps=60, posterior_step_size=0.3)
+    expected = _closed_form_grad(sigma, diffusion)
+    got = np.mean([_estimator_grad(est, seed=s) for s in range(3)], axis=0)
+    assert np.abs(expected).max() > 0.1  # the oracle is not trivially zero
+    np.testing.assert_allclose(got, expected, atol=0.02)
+
+
+def test_gradient_of_the_wrong_kernel_does_not_match():
+    # guards the test above: VE negatives do not reproduce the VP gradient
+    est = DCDEnergyEstimator(diffusion="ve", noise_std=0.6, negative_sampler="mala",
+                             posterior_steps=60, posterior_step_size=0.3)
+    got = np.mean([_estimator_grad(est, seed=s) for s in range(3)], axis=0)
+    assert np.abs(got - _closed_form_grad(0.6, "vp")).max() > 0.05
+
+
+@pytest.mark.parametrize("diffusion", ["ve", "vp"])
+def test_the_four_negative_samplers_agree_on_a_gaussian_model(diffusion):
+    """For a Gaussian energy the posterior q(x'|x_t) is Gaussian with known moments."""
+    sigma, n = 0.1, 20000
+    prec = np.exp(LOG_PREC_Q)
+    alpha = 1.0 if diffusion == "ve" else np.sqrt(1 - sigma**2)
+    x0 = torch.tensor([[0.4, -0.3]], dtype=torch.float64).repeat(n, 1)
+    net = EnvelopedEnergy(QuadraticEnergy(2, MEAN_Q, LOG_PREC_Q).double(), None)
+    post_prec = prec + alpha**2 / sigma**2
+    for sampler in ["importance", "langevin", "mala", "laplace"]:
+        est = DCDEnergyEstimator(diffusion=diffusion, noise_std=sigma, negative_sampler=sampler,
+                                 n_proposals=64, posterior_steps=40, posterior_step_size=0.2)
+        g = torch.Generator().manual_seed(0)
+        # fix x_t: subtract the noise the sampler adds by drawing it ourselves
+        x_neg = est._negatives(net, x0, g)[0].numpy()
+        g = torch.Generator().manual_seed(0)
+        noise = torch.randn(n, 2, generator=g, dtype=torch.float64).numpy()
+        x_t = alpha * x0.numpy() + sigma * noise
+        post_mean = (prec * MEAN_Q + alpha * x_t / sigma**2) / post_prec
+        resid = x_neg - post_mean  # ~ N(0, 1/post_prec) for an exact sampler
+        np.testing.assert_allclose(resid.mean(0), 0, atol=3e-3, err_msg=sampler)
+        np.testing.assert_allclose(resid.std(0), 1 / np.sqrt(post_prec), rtol=0.05,
+                                   err_msg=sampler)
+
+
+def test_noise_ladder_and_vp_fit(blobs):
+    for params in (dict(noise_std=(0.05, 0.5)), dict(diffusion="vp", noise_std=0.3)):
+        for sampler in ("importance", "langevin", "mala", "laplace"):
+            est = DCDEnergyEstimator(**{**FAST, **params, "negative_sampler": sampler})
+            assert np.isfinite(est.fit(blobs).score(blobs))

@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+from skdcd.networks import ACTIVATIONS, EnvelopedEnergy, MLPEnergy
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_mlp_energy_shapes(activation):
+    net = MLPEnergy(3, (8, 4), activation)
+    assert net(torch.zeros(5, 3)).shape == (5,)
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(3, 8), (8, 4), (4, 1)]
+
+
+def test_envelope_adds_a_quadratic():
+    net = EnvelopedEnergy(torch.nn.Linear(2, 1), envelope_std=2.0)
+    x = torch.randn(6, 2)
+    torch.testing.assert_close(net(x), net.net(x).squeeze(1) + x.pow(2).sum(1) / 8)
+    assert torch.equal(EnvelopedEnergy(net.net, None)(x), net.net(x).squeeze(1))
+
+
+def test_envelope_rejects_bad_output_shapes():
+    with pytest.raises(ValueError, match="energy network must map"):
+        EnvelopedEnergy(torch.nn.Linear(2, 2), 1.0)(torch.zeros(3, 2))
