@@ -24,7 +24,7 @@ class CDEnergyEstimator(BaseEnergyEstimator):
     ----------
     n_steps : int, default=10
         Langevin steps ``k`` per negative.
-    step_size : float, default=0.01
+    step_size : float, default=0.003
         Langevin step ``η`` in standardised units: ``x ← x - η∇E + sqrt(2η) ξ``.
     persistent : bool, default=False
         Start chains from a replay buffer instead of the data (PCD).
@@ -59,7 +59,7 @@ class CDEnergyEstimator(BaseEnergyEstimator):
     }
 
     def __init__(
-        self, *, n_steps=10, step_size=0.01, persistent=False, buffer_size=10000,
+        self, *, n_steps=10, step_size=0.003, persistent=False, buffer_size=10000,
         reinit_prob=0.05,
         hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
         learning_rate=1e-3, lr_schedule="cosine", batch_size=256, max_iter="auto",

@@ -110,6 +110,10 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         Langevin/MALA step as a fraction of the posterior variance ``σ²/α²``.
     n_proposals : int, default=16
         Proposals per example for the importance sampler.
+    resample_proposals : bool, default=False
+        Importance sampler only: back-propagate one proposal per example, resampled with
+        the importance weights (unbiased for the weighted sum, ``n_proposals`` times
+        cheaper to back-propagate, noisier), instead of the weighted sum over all of them.
     {_PARAMS_DOC.replace("{energy_reg}", "0.01")}
     {_ATTRIBUTES_DOC}
 
@@ -138,11 +142,12 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         "posterior_steps": [Interval(Integral, 1, None, closed="left")],
         "posterior_step_size": [Interval(Real, 0, None, closed="neither")],
         "n_proposals": [Interval(Integral, 1, None, closed="left")],
+        "resample_proposals": ["boolean"],
     }
 
     def __init__(
         self, *, diffusion="ve", noise_std=0.1, negative_sampler="importance",
-        posterior_steps=5, posterior_step_size=0.1, n_proposals=16,
+        posterior_steps=5, posterior_step_size=0.1, n_proposals=16, resample_proposals=False,
         hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
         learning_rate=1e-3, lr_schedule="cosine", batch_size=256, max_iter="auto",
         energy_reg=0.01, envelope_std=3.0, standardize=True, log_partition="auto",
@@ -165,6 +170,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         self.posterior_steps = posterior_steps
         self.posterior_step_size = posterior_step_size
         self.n_proposals = n_proposals
+        self.resample_proposals = resample_proposals
 
     def _check_extra_params(self) -> None:
         sigmas = self.noise_std if isinstance(self.noise_std, tuple) else (self.noise_std,)
@@ -190,16 +196,16 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         alpha = diff.alpha_from_sigma(sigma, self.diffusion)  # (B, 1)
         x_t = diff.perturb(x_pos, alpha, sigma, generator=generator)  # (B, d)
         if self.negative_sampler == "importance":
-            if getattr(self, "_weighted", False):
-                proposals, weights = samplers.importance_proposals(
-                    energy_fn, x_t, alpha, sigma, n_proposals=self.n_proposals,
-                    generator=generator)  # (B, M, d), (B, M)
-                n_rows = proposals.shape[0] * proposals.shape[1]
-                return (proposals.reshape(n_rows, -1),
-                        weights.reshape(n_rows) / x_pos.shape[0])
-            return samplers.importance_posterior(energy_fn, x_t, alpha, sigma,
-                                                 n_proposals=self.n_proposals,
-                                                 generator=generator), None
+            if self.resample_proposals:
+                return samplers.importance_posterior(energy_fn, x_t, alpha, sigma,
+                                                     n_proposals=self.n_proposals,
+                                                     generator=generator), None
+            proposals, weights = samplers.importance_proposals(
+                energy_fn, x_t, alpha, sigma, n_proposals=self.n_proposals,
+                generator=generator)  # (B, M, d), (B, M)
+            n_rows = proposals.shape[0] * proposals.shape[1]
+            # Σ_j w_j E(x'_j) per example, averaged over the batch
+            return proposals.reshape(n_rows, -1), weights.reshape(n_rows) / x_pos.shape[0]
         if self.negative_sampler == "laplace":
             return samplers.laplace_posterior(energy_fn, x_t, alpha, sigma,
                                               generator=generator), None

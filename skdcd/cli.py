@@ -16,6 +16,8 @@ def _demo(args: argparse.Namespace) -> int:
     X_train = density.sample(args.n_samples, random_state=0)
     X_test = density.sample(args.n_test, random_state=1)
     params = {"random_state": 0, "verbose": args.verbose}
+    if args.quick:  # smoke-test settings: a small network and cheap log Z and sampling
+        params.update(hidden_layer_sizes=(32, 32), quadrature_n_grid=128, sample_steps=64)
     if args.max_iter is not None:
         params["max_iter"] = args.max_iter
     est = DCDEnergyEstimator(**params)
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plot", default="skdcd_demo.png", help="PNG path of the figure")
     demo.add_argument("--no-plot", dest="plot", action="store_const", const=None)
     demo.add_argument("--verbose", type=int, default=1)
+    demo.add_argument("--quick", action="store_true",
+                      help="small network and cheap evaluation, for a smoke test")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -47,7 +47,7 @@ def _grid_log_mass(
 
 def log_partition_quadrature(
     energy_fn: EnergyFn, low: np.ndarray, high: np.ndarray, *, n_grid: int = 512,
-    max_expansions: int = 6, device: torch.device | str = "cpu",
+    max_expansions: int = 8, device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float64, batch_size: int = 65536,
 ) -> tuple[float, float]:
     """``log Z`` by the midpoint rule on an ``n_grid^d`` grid, for ``d ∈ {1, 2}``.

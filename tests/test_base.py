@@ -331,3 +331,20 @@ def test_grid_search_prefers_a_trained_model_over_an_untrained_one():
         search = GridSearchCV(DCDEnergyEstimator(**{**FAST, "hidden_layer_sizes": (32, 32)}),
                               {"max_iter": [1, 150]}, cv=3).fit(X)
     assert search.best_params_ == {"max_iter": 150}
+
+
+@pytest.fixture(scope="module")
+def fitted_dcd():
+    return DCDEnergyEstimator(**FAST).fit(np.random.RandomState(0).randn(100, 3))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 20), row=st.integers(0, 19), col=st.integers(0, 2),
+       bad=st.sampled_from([np.nan, np.inf, -np.inf]))
+def test_any_non_finite_entry_is_rejected_by_every_method(fitted_dcd, n, row, col, bad):
+    X = np.random.RandomState(n).randn(n, 3)
+    X[row % n, col] = bad
+    for method in (fitted_dcd.score_samples, fitted_dcd.energy, fitted_dcd.score,
+                   lambda Z: fitted_dcd.denoise(Z, 0.1)):
+        with pytest.raises(ValueError, match="NaN|infinity"):
+            method(X)

@@ -12,7 +12,7 @@ def _run(*args):
 def test_demo_prints_model_and_true_nll_and_writes_a_plot(tmp_path):
     out = tmp_path / "demo.png"
     result = _run("demo", "--dataset", "two_moons", "--n-samples", "500", "--n-test", "200",
-                  "--max-iter", "3", "--plot", str(out), "--verbose", "0")
+                  "--max-iter", "20", "--plot", str(out), "--verbose", "0", "--quick")
     assert result.returncode == 0, result.stderr
     assert "test NLL (model)" in result.stdout and "test NLL (truth)" in result.stdout
     plt = pytest.importorskip("matplotlib.pyplot")
@@ -21,7 +21,8 @@ def test_demo_prints_model_and_true_nll_and_writes_a_plot(tmp_path):
 
 
 def test_demo_without_plot_and_bad_arguments():
-    ok = _run("demo", "--n-samples", "300", "--n-test", "100", "--max-iter", "1", "--no-plot")
+    ok = _run("demo", "--n-samples", "300", "--n-test", "100", "--max-iter", "1", "--no-plot",
+              "--quick")
     assert ok.returncode == 0 and "NLL gap" in ok.stdout and "wrote" not in ok.stdout
     bad = _run("demo", "--dataset", "nope")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr

@@ -30,18 +30,23 @@ def _estimator_grad(est, n=20000, seed=0):
     net = EnvelopedEnergy(QuadraticEnergy(2, MEAN_Q, LOG_PREC_Q).double(), None)
     x_pos = (torch.as_tensor(MEAN_P) + torch.as_tensor(np.sqrt(VAR_P))
              * torch.randn(n, 2, generator=g, dtype=torch.float64))
-    x_neg = est._negatives(net, x_pos, g)[0].detach()
-    loss = net(x_pos).mean() - net(x_neg).mean()  # the surrogate, without the penalty
+    x_neg, w_neg = est._negatives(net, x_pos, g)
+    e_neg = net(x_neg.detach())
+    neg = e_neg.mean() if w_neg is None else (w_neg * e_neg).sum()
+    loss = net(x_pos).mean() - neg  # the surrogate, without the penalty
     loss.backward()
     q = net.net
     return np.r_[q.mean.grad.numpy(), q.log_prec.grad.numpy()]
 
 
 @pytest.mark.parametrize("diffusion,sigma", [("ve", 0.7), ("vp", 0.6)])
-@pytest.mark.parametrize("sampler", ["importance", "mala"])
-def test_gradient_matches_finite_difference_of_closed_form_dcd(diffusion, sigma, sampler):
+@pytest.mark.parametrize("sampler,resample", [("importance", False), ("importance", True),
+                                              ("mala", False)])
+def test_gradient_matches_finite_difference_of_closed_form_dcd(diffusion, sigma, sampler,
+                                                               resample):
     est = DCDEnergyEstimator(diffusion=diffusion, noise_std=sigma, negative_sampler=sampler,
-                             n_proposals=256, posterior_steps=60, posterior_step_size=0.3)
+                             n_proposals=256, posterior_steps=60, posterior_step_size=0.3,
+                             resample_proposals=resample)
     expected = _closed_form_grad(sigma, diffusion)
     got = np.mean([_estimator_grad(est, seed=s) for s in range(3)], axis=0)
     assert np.abs(expected).max() > 0.1  # the oracle is not trivially zero
@@ -71,7 +76,7 @@ def test_the_four_negative_samplers_agree_on_a_gaussian_model(diffusion):
         n_steps, step_size = step.get(sampler, (1, 0.1))
         est = DCDEnergyEstimator(diffusion=diffusion, noise_std=sigma, negative_sampler=sampler,
                                  n_proposals=64, posterior_steps=n_steps,
-                                 posterior_step_size=step_size)
+                                 posterior_step_size=step_size, resample_proposals=True)
         g = torch.Generator().manual_seed(0)
         # fix x_t: subtract the noise the sampler adds by drawing it ourselves
         x_neg = est._negatives(net, x0, g)[0].numpy()
@@ -90,3 +95,5 @@ def test_noise_ladder_and_vp_fit(blobs):
         for sampler in ("importance", "langevin", "mala", "laplace"):
             est = DCDEnergyEstimator(**{**FAST, **params, "negative_sampler": sampler})
             assert np.isfinite(est.fit(blobs).score(blobs))
+    resampled = DCDEnergyEstimator(**{**FAST, "resample_proposals": True}).fit(blobs)
+    assert np.isfinite(resampled.score(blobs))
