@@ -103,13 +103,18 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ subclass hooks
     def _negatives(self, energy_fn, x_pos: torch.Tensor,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Negatives for the batch ``x_pos`` (standardised units), detached, and their weights.
-
-        Weights (summing to one) make the negative term a weighted average; ``None``
-        means a plain mean.
-        """
+                   generator: torch.Generator) -> torch.Tensor:
+        """Negative samples for the batch ``x_pos`` (standardised units), detached."""
         raise NotImplementedError
+
+    def _negative_energies(self, net, x_pos: torch.Tensor,
+                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable mean energy and mean squared energy of the negatives.
+
+        Subclasses whose negative term is a weighted average override this.
+        """
+        e_neg = net(self._negatives(net, x_pos, generator).detach())  # (N,)
+        return e_neg.mean(), e_neg.pow(2).mean()
 
     def _check_extra_params(self) -> None:
         """Cross-parameter checks that ``_parameter_constraints`` cannot express."""
@@ -280,12 +285,10 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     x_pos = Z[perm[b * batch_size:(b + 1) * batch_size]]  # (B, d)
-                    x_neg, w_neg = self._negatives(net, x_pos, generator)  # (N, d), (N,)
-                    e_pos, e_neg = net(x_pos), net(x_neg.detach())
-                    if w_neg is None:
-                        w_neg = torch.full_like(e_neg, 1.0 / e_neg.shape[0])
-                    loss = (e_pos.mean() - (w_neg * e_neg).sum() + self.energy_reg
-                            * (e_pos.pow(2).mean() + (w_neg * e_neg.pow(2)).sum()))
+                    neg_mean, neg_sq = self._negative_energies(net, x_pos, generator)
+                    e_pos = net(x_pos)  # (B,)
+                    loss = (e_pos.mean() - neg_mean
+                            + self.energy_reg * (e_pos.pow(2).mean() + neg_sq))
                     if not torch.isfinite(loss):
                         net.load_state_dict(snapshot)
                         warnings.warn(

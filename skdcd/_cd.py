@@ -94,7 +94,7 @@ class CDEnergyEstimator(BaseEnergyEstimator):
                         if self.persistent else None)
 
     def _negatives(self, energy_fn, x_pos: torch.Tensor,
-                   generator: torch.Generator) -> tuple[torch.Tensor, None]:
+                   generator: torch.Generator) -> torch.Tensor:
         device, n = x_pos.device, x_pos.shape[0]
         if not self.persistent:
             start = x_pos
@@ -110,4 +110,4 @@ class CDEnergyEstimator(BaseEnergyEstimator):
                              generator=generator)
         if self.persistent:
             self._buffer[idx] = x_neg.detach().cpu()
-        return x_neg, None
+        return x_neg

@@ -189,26 +189,35 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
                 f"got {self.noise_std!r}."
             )
 
-    def _negatives(self, energy_fn, x_pos: torch.Tensor,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _noised(self, x_pos: torch.Tensor, generator: torch.Generator):
         sigma = diff.sample_noise_levels(x_pos.shape[0], self.noise_std, generator=generator,
                                          device=x_pos.device, dtype=x_pos.dtype)  # (B, 1)
         alpha = diff.alpha_from_sigma(sigma, self.diffusion)  # (B, 1)
-        x_t = diff.perturb(x_pos, alpha, sigma, generator=generator)  # (B, d)
+        return diff.perturb(x_pos, alpha, sigma, generator=generator), alpha, sigma  # x_t (B, d)
+
+    def _negative_energies(self, net, x_pos: torch.Tensor,
+                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.negative_sampler != "importance" or self.resample_proposals:
+            return super()._negative_energies(net, x_pos, generator)
+        # Σ_j w_j E(x'_j) with w = softmax(-E): one forward pass gives weights and gradient
+        x_t, alpha, sigma = self._noised(x_pos, generator)
+        proposals = samplers.gaussian_proposals(x_t, alpha, sigma, n_proposals=self.n_proposals,
+                                                generator=generator)  # (B, M, d)
+        batch, n_prop, d = proposals.shape
+        energies = net(proposals.reshape(batch * n_prop, d)).reshape(batch, n_prop)  # (B, M)
+        weights = samplers.importance_weights(energies)  # (B, M), detached
+        return ((weights * energies).sum(dim=1).mean(),
+                (weights * energies.pow(2)).sum(dim=1).mean())
+
+    def _negatives(self, energy_fn, x_pos: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+        x_t, alpha, sigma = self._noised(x_pos, generator)
         if self.negative_sampler == "importance":
-            if self.resample_proposals:
-                return samplers.importance_posterior(energy_fn, x_t, alpha, sigma,
-                                                     n_proposals=self.n_proposals,
-                                                     generator=generator), None
-            proposals, weights = samplers.importance_proposals(
-                energy_fn, x_t, alpha, sigma, n_proposals=self.n_proposals,
-                generator=generator)  # (B, M, d), (B, M)
-            n_rows = proposals.shape[0] * proposals.shape[1]
-            # Σ_j w_j E(x'_j) per example, averaged over the batch
-            return proposals.reshape(n_rows, -1), weights.reshape(n_rows) / x_pos.shape[0]
+            return samplers.importance_posterior(energy_fn, x_t, alpha, sigma,
+                                                 n_proposals=self.n_proposals,
+                                                 generator=generator)
         if self.negative_sampler == "laplace":
-            return samplers.laplace_posterior(energy_fn, x_t, alpha, sigma,
-                                              generator=generator), None
+            return samplers.laplace_posterior(energy_fn, x_t, alpha, sigma, generator=generator)
 
         def posterior(x: torch.Tensor) -> torch.Tensor:
             return diff.posterior_energy(energy_fn, x, x_t, alpha, sigma)
@@ -216,4 +225,4 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         mcmc = samplers.ula if self.negative_sampler == "langevin" else samplers.mala
         return mcmc(posterior, x_t / alpha, n_steps=self.posterior_steps,
                     step_size=self.posterior_step_size * (sigma / alpha) ** 2,
-                    generator=generator), None
+                    generator=generator)

@@ -107,33 +107,31 @@ def adapt_step_size(step_size: torch.Tensor, acceptance: torch.Tensor) -> torch.
     return step_size * torch.exp(2.0 * (acceptance - TARGET_ACCEPTANCE))
 
 
-def importance_proposals(
-    energy_fn: EnergyFn, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
-    n_proposals: int, generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Proposals and self-normalised weights for the posterior ``q(x' | x_t)``.
+def gaussian_proposals(
+    x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *, n_proposals: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Proposals ``x'_j = (x_t + σ ξ_j) / α`` for the posterior ``q(x' | x_t)``, ``(n, M, d)``.
 
-    Proposals ``x'_j = (x_t + σ ξ_j) / α`` follow the Gaussian factor of
-    ``q(x' | x_t) ∝ exp(-E(x') - ‖x_t - α x'‖² / (2σ²))`` exactly, so the self-normalised
-    weights are ``w_j ∝ exp(-E(x'_j))`` (the estimator of Energy Discrepancy).
-
-    Returns
-    -------
-    proposals : torch.Tensor
-        Shape ``(n, M, d)``.
-    weights : torch.Tensor
-        Shape ``(n, M)``, each row summing to one; detached.
+    They follow the Gaussian factor of ``q(x' | x_t) ∝ exp(-E(x') - ‖x_t - α x'‖² / (2σ²))``
+    exactly, so their self-normalised importance weights are ``w_j ∝ exp(-E(x'_j))``
+    (:func:`importance_weights`; the estimator of Energy Discrepancy).
     """
     n, d = x_t.shape
     noise = torch.randn((n, n_proposals, d), generator=generator, device=x_t.device,
                         dtype=x_t.dtype)
-    proposals = (x_t.unsqueeze(1) + sigma.unsqueeze(1) * noise) / alpha.unsqueeze(1)  # (n, M, d)
-    with torch.no_grad():
-        log_w = -energy_fn(proposals.reshape(n * n_proposals, d)).reshape(n, n_proposals)
-        log_w = torch.nan_to_num(log_w, nan=-torch.inf)
-        # rows whose proposals all have infinite energy fall back to uniform weights
-        log_w = torch.where(torch.isinf(log_w).all(dim=1, keepdim=True), 0.0, log_w)
-    return proposals, torch.softmax(log_w, dim=1)
+    return (x_t.unsqueeze(1) + sigma.unsqueeze(1) * noise) / alpha.unsqueeze(1)  # (n, M, d)
+
+
+def importance_weights(energies: torch.Tensor) -> torch.Tensor:
+    """Self-normalised weights ``softmax(-E)`` along the last axis, detached.
+
+    NaN energies get zero weight; a row whose energies are all infinite gets uniform
+    weights rather than NaN.
+    """
+    log_w = torch.nan_to_num(-energies.detach(), nan=-torch.inf)
+    log_w = torch.where(torch.isinf(log_w).all(dim=-1, keepdim=True), 0.0, log_w)
+    return torch.softmax(log_w, dim=-1)
 
 
 def importance_posterior(
@@ -142,18 +140,23 @@ def importance_posterior(
 ) -> torch.Tensor:
     """MCMC-free posterior draw by sampling importance resampling.
 
-    One of the :func:`importance_proposals` is resampled per row with probabilities ``w``;
-    its gradient is an unbiased estimate of ``Σ_j w_j ∇E(x'_j)``.
+    One of ``n_proposals`` :func:`gaussian_proposals` is resampled per row with its
+    :func:`importance_weights`; its gradient is an unbiased estimate of the weighted sum
+    ``Σ_j w_j ∇E(x'_j)``.
 
     Returns
     -------
     torch.Tensor
         Shape ``(n, d)``, detached.
     """
-    proposals, weights = importance_proposals(energy_fn, x_t, alpha, sigma,
-                                              n_proposals=n_proposals, generator=generator)
+    n, d = x_t.shape
+    proposals = gaussian_proposals(x_t, alpha, sigma, n_proposals=n_proposals,
+                                   generator=generator)  # (n, M, d)
+    with torch.no_grad():
+        weights = importance_weights(energy_fn(proposals.reshape(n * n_proposals, d))
+                                     .reshape(n, n_proposals))
     choice = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (n,)
-    return proposals[torch.arange(x_t.shape[0], device=x_t.device), choice]
+    return proposals[torch.arange(n, device=x_t.device), choice]
 
 
 def laplace_posterior(
