@@ -18,6 +18,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
@@ -169,7 +170,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X: ArrayLike, y: None = None) -> BaseEnergyEstimator:
         """Fit the energy network to ``X``.
 
         Parameters
@@ -196,7 +197,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None):
+    def partial_fit(self, X: ArrayLike, y: None = None) -> BaseEnergyEstimator:
         """Train for one epoch on ``X``, keeping the current state.
 
         The first call fixes the standardisation from its batch. The learning rate is
@@ -376,7 +377,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         return self._cache["log_z_std"]
 
     # ------------------------------------------------------------------ public inference
-    def energy(self, X) -> np.ndarray:
+    def energy(self, X: ArrayLike) -> np.ndarray:
         """Unnormalised energy ``E(x)`` of each row, so that ``q(x) ∝ exp(-E(x))``.
 
         Parameters
@@ -392,7 +393,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         X = self._validate_X(X, reset=False)
         return self._energy_z(self._standardize(X))
 
-    def score_samples(self, X) -> np.ndarray:
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Normalised log-density ``log q(x) = -E(x) - log Z`` of each row, in input units.
 
         ``log Z`` comes from quadrature (``n_features <= 2``) or annealed importance
@@ -409,7 +410,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         """
         return -self.energy(X) - self.log_partition_
 
-    def score(self, X, y=None) -> float:
+    def score(self, X: ArrayLike, y: None = None) -> float:
         """Mean log-likelihood of ``X`` under the model (higher is better).
 
         Parameters
@@ -425,7 +426,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         """
         return float(np.mean(self.score_samples(X)))
 
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+    def sample(self, n_samples: int = 1,
+               random_state: int | np.random.RandomState | None = None) -> np.ndarray:
         """Draw samples from the fitted model.
 
         Sequential Monte Carlo: particles from a Gaussian fitted to the training data are
@@ -466,8 +468,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                           generator=generator)
         return x.double().cpu().numpy() * self.scale_ + self.mean_
 
-    def denoise(self, X, noise_std: float, method: str = "posterior_mean",
-                random_state=None) -> np.ndarray:
+    def denoise(self, X: ArrayLike, noise_std: float, method: str = "posterior_mean",
+                random_state: int | np.random.RandomState | None = None) -> np.ndarray:
         """Estimate clean rows from ``X = clean + noise_std · N(0, I)`` under the model prior.
 
         The posterior is ``q(x | y) ∝ exp(-E(x) - ‖y - x‖² / (2 noise_std²))``.
