@@ -70,3 +70,13 @@ def test_cd_learns_eight_gaussians(eight_gaussians):
     est = CDEnergyEstimator(max_iter=60, random_state=0).fit(X)
     untrained = CDEnergyEstimator(max_iter=1, learning_rate=1e-6, random_state=0).fit(X)
     assert est.score(X_test) > untrained.score(X_test) + 1.0
+
+
+@pytest.mark.parametrize("toy", ["two_moons", "rings"])
+def test_ais_agrees_with_quadrature_on_a_trained_model(toy):
+    X = load_toy(toy).sample(2000, random_state=0)
+    est = DCDEnergyEstimator(max_iter=40, hidden_layer_sizes=(64, 64), random_state=0).fit(X)
+    exact = est.log_partition_
+    est.set_params(log_partition="ais", ais_n_particles=2048, ais_n_steps=256)
+    est._cache.clear()
+    assert abs(est.log_partition_ - exact) < 3 * est.log_partition_std_ + 2e-3
