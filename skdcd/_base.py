@@ -120,8 +120,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
     def _check_extra_params(self) -> None:
         """Cross-parameter checks that ``_parameter_constraints`` cannot express."""
 
-    def _init_extra_state(self, Z: torch.Tensor, generator: torch.Generator) -> None:
-        """Estimator-specific state created on the first fit (e.g. a replay buffer)."""
+    def _init_extra_state(self) -> None:
+        """Reset estimator-specific state on a fresh (cold) fit, e.g. a replay buffer."""
 
     # ------------------------------------------------------------------ validation
     def _check_params(self, n_features: int) -> None:
@@ -234,7 +234,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                                    scale, 1.0)
         else:
             self.mean_, self.scale_ = np.zeros(n_features), np.ones(n_features)
-        Z = (X - self.mean_) / self.scale_
+        Z = self._standardize(X)
         # torch initialises layers from its global generator: fork it so that the global
         # state is untouched and the weights depend on random_state alone
         with torch.random.fork_rng(devices=[]):
@@ -247,19 +247,17 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             )
         self.energy_net_ = EnvelopedEnergy(net.float(), self.envelope_std)
         self._optimizer_state = None
-        self._z_low, self._z_high = Z.min(axis=0), Z.max(axis=0)
+        self._z_low, self._z_high = np.full(n_features, np.inf), np.full(n_features, -np.inf)
         self._base_mean, self._base_std = Z.mean(axis=0), np.maximum(Z.std(axis=0), 1e-3)
         self._cache: dict = {}  # lazily computed quantities; cleared by training
         self.loss_curve_: list[float] = []
         self.n_iter_ = 0
         self.t_ = 0
-        device = self._fit_device()
-        self._init_extra_state(torch.as_tensor(Z, dtype=torch.float32, device=device),
-                               _seeded_generator((self._seed, 2), device))
+        self._init_extra_state()
 
     def _train(self, X: np.ndarray, n_epochs: int, *, cosine: bool) -> None:
         device = self._fit_device()
-        Z_np = (X - self.mean_) / self.scale_
+        Z_np = self._standardize(X)
         self._z_low = np.minimum(self._z_low, Z_np.min(axis=0))
         self._z_high = np.maximum(self._z_high, Z_np.max(axis=0))
         Z = torch.as_tensor(Z_np, dtype=torch.float32, device=device)  # (n, d)
@@ -290,7 +288,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                     e_pos = net(x_pos)  # (B,)
                     loss = (e_pos.mean() - neg_mean
                             + self.energy_reg * (e_pos.pow(2).mean() + neg_sq))
-                    if not torch.isfinite(loss):
+                    loss_value = float(loss.detach())
+                    if not math.isfinite(loss_value):
                         net.load_state_dict(snapshot)
                         warnings.warn(
                             f"Training diverged (non-finite loss) in epoch {self.n_iter_ + 1}; "
@@ -302,7 +301,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    epoch_loss += float(loss.detach())
+                    epoch_loss += loss_value
                     self.t_ += 1
                 self.loss_curve_.append(epoch_loss / n_batches)
                 self.n_iter_ += 1

@@ -88,10 +88,8 @@ class CDEnergyEstimator(BaseEnergyEstimator):
         std = torch.as_tensor(self._base_std, dtype=torch.float32, device=device)
         return mean + std * torch.randn((n, mean.numel()), generator=generator, device=device)
 
-    def _init_extra_state(self, Z: torch.Tensor, generator: torch.Generator) -> None:
-        # stored on the CPU so that the estimator pickles anywhere
-        self._buffer = (self._base_draw(self.buffer_size, generator, Z.device).cpu()
-                        if self.persistent else None)
+    def _init_extra_state(self) -> None:
+        self._buffer = None  # drawn by the first persistent step
 
     def _negatives(self, energy_fn, x_pos: torch.Tensor,
                    generator: torch.Generator) -> torch.Tensor:
@@ -99,7 +97,8 @@ class CDEnergyEstimator(BaseEnergyEstimator):
         if not self.persistent:
             start = x_pos
         else:
-            if getattr(self, "_buffer", None) is None:  # persistent switched on by warm start
+            if self._buffer is None:
+                # kept on the CPU so that the estimator pickles anywhere
                 self._buffer = self._base_draw(self.buffer_size, generator, device).cpu()
             idx = torch.randint(self._buffer.shape[0], (n,), generator=generator,
                                 device=device).cpu()

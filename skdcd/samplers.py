@@ -45,11 +45,10 @@ def ula(
     The chain targets ``exp(-U)`` up to an ``O(η)`` bias; there is no accept/reject step.
     """
     x = x.detach()
+    noise_scale = torch.sqrt(2.0 * torch.as_tensor(step_size, dtype=x.dtype, device=x.device))
     for _ in range(n_steps):
         _, grad = energy_and_grad(energy_fn, x)
-        x = x - step_size * grad + math.sqrt(2.0) * torch.sqrt(
-            torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
-        ) * _randn_like(x, generator)
+        x = x - step_size * grad + noise_scale * _randn_like(x, generator)
     return x
 
 
@@ -270,21 +269,23 @@ def anneal(
     step = torch.tensor(float(step_size), device=device, dtype=dtype)
     for k in range(1, n_steps + 1):
         beta_prev, beta = betas[k - 1], betas[k]
-        with torch.no_grad():
-            log_w = log_w + (beta - beta_prev) * (-energy_fn(x) - log_base(x))
-        log_w = torch.nan_to_num(log_w, nan=-torch.inf)
+        energy, grad = energy_and_grad(energy_fn, x)  # E and ∇E serve weight and move
+        base = log_base(x)
+        log_w = torch.nan_to_num(log_w + (beta - beta_prev) * (-energy - base), nan=-torch.inf)
         if resample:
             ess = 1.0 / torch.softmax(log_w, dim=0).pow(2).sum()
             if ess < ess_threshold * n_particles:
                 log_normalizer += _logmeanexp(log_w)
-                x = x[systematic_resample(log_w, generator)]
+                idx = systematic_resample(log_w, generator)
+                x, energy, grad, base = x[idx], energy[idx], grad[idx], base[idx]
                 log_w = torch.zeros_like(log_w)
 
         def tempered(y: torch.Tensor, beta: torch.Tensor = beta) -> torch.Tensor:
             return beta * energy_fn(y) - (1.0 - beta) * log_base(y)
 
-        energy, grad = energy_and_grad(tempered, x)
-        x, _, _, accepted = mala_step(tempered, x, energy, grad, step, generator)
+        grad_base = -(x - base_mean) / base_std**2  # ∇ log_base
+        x, _, _, accepted = mala_step(tempered, x, beta * energy - (1.0 - beta) * base,
+                                      beta * grad - (1.0 - beta) * grad_base, step, generator)
         step = adapt_step_size(step, accepted.to(dtype).mean())
         if callback is not None:
             callback(k, x)
