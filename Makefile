@@ -6,7 +6,7 @@ TORCH ?= torch
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint quick-test clean
+.PHONY: demo test lint quick-test bench bench-quick clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -20,14 +20,25 @@ demo: $(VENV)/.installed
 	$(BIN)/skdcd demo
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check skdcd tests
+	$(BIN)/ruff check skdcd tests benchmarks
 	$(BIN)/python -m pytest tests skdcd $(PYTEST_ARGS)
 
 quick-test: $(VENV)/.installed
 	$(BIN)/python -m pytest tests skdcd -m "not slow" $(PYTEST_ARGS)
 
+# the benchmark suite: about N hours on 2 cores (see benchmarks/RESULTS.md); quick: a smoke run
+$(VENV)/.bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+bench: $(VENV)/.bench
+	$(BIN)/python -m benchmarks run
+
+bench-quick: $(VENV)/.bench
+	$(BIN)/python -m benchmarks run --quick
+
 lint: $(VENV)/.installed
-	$(BIN)/ruff check skdcd tests
+	$(BIN)/ruff check skdcd tests benchmarks
 	$(BIN)/ruff format --check skdcd tests
 
 clean:

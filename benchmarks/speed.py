@@ -1,16 +1,14 @@
 """Seconds per training step of each method, and the estimator's overhead over a bare loop.
 
-Run: ``python -m benchmarks.speed [--steps 300]`` on an otherwise idle machine. Batch 256,
-the default MLP, data with 2 and 64 features. The bare loop does DCD's default step
+Run through the suite (``python -m benchmarks run --sections speed``) on an idle machine.
+Batch 256, the default MLP, data with 2 and 64 features. The bare loop does DCD's default step
 (weighted importance negatives) in plain torch with no estimator around it; the overhead is
 the median ratio over three interleaved repeats.
-Writes ``speed.json`` next to this file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -18,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import md_table
 from skdcd import CDEnergyEstimator, DCDEnergyEstimator
 from skdcd.networks import MLPEnergy
 
+SECTION = "speed"
 METHODS = {
     "dcd-importance": (DCDEnergyEstimator, {}),
     "dcd-importance-resampled": (DCDEnergyEstimator, {"resample_proposals": True}),
@@ -72,35 +72,63 @@ def time_bare_loop(X, steps, sigma=0.1, n_proposals=16, reg=0.01):
     return (time.perf_counter() - start) / steps
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--out", default=str(Path(__file__).with_name("speed.json")))
-    args = parser.parse_args()
-    rng = np.random.RandomState(0)
-    data = {2: rng.randn(10240, 2), 64: rng.randn(10240, 64)}
+def run(*, quick: bool, seeds: list[int], n_jobs: int) -> dict:
+    """Per-step times, medians over interleaved repeats, with all cores for one fit at a time."""
+    steps, repeats = (30, 1) if quick else (300, 3)
+    rng = np.random.RandomState(seeds[0])
     rows = []
-    for d, X in data.items():
-        for name, (cls, params) in METHODS.items():
-            sec = time_fit(cls, params, X, args.steps)
-            rows.append(dict(method=name, n_features=d, seconds_per_step=sec,
-                             steps_per_second=1 / sec))
-            print(json.dumps(rows[-1]), flush=True)
+    for d in (2, 64):
+        X = rng.randn(10240, d)
         time_bare_loop(X, 20)  # warm-up
         # interleaved repeats: run-to-run drift on a shared machine is ~15%
-        pairs = [(time_bare_loop(X, args.steps), time_fit(DCDEnergyEstimator, {}, X, args.steps))
-                 for _ in range(3)]
-        bare, fit = np.median([b for b, _ in pairs]), np.median([f for _, f in pairs])
-        rows.append(dict(method="bare-loop", n_features=d, seconds_per_step=float(bare),
-                         steps_per_second=float(1 / bare), overhead=float(fit / bare),
-                         overhead_repeats=[f / b for b, f in pairs]))
-        print(json.dumps(rows[-1]), flush=True)
-    meta = dict(torch=torch.__version__, threads=torch.get_num_threads(), batch_size=256)
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"{'method':26s} {'d':>3s} {'ms/step':>8s}")
-    for r in rows:
-        extra = f"  overhead {r['overhead']:.2f}x" if "overhead" in r else ""
-        print(f"{r['method']:26s} {r['n_features']:3d} {1000 * r['seconds_per_step']:8.2f}{extra}")
+        times = {name: [] for name in [*METHODS, "bare-loop"]}
+        for _ in range(repeats):
+            for name, (cls, params) in METHODS.items():
+                times[name].append(time_fit(cls, params, X, steps))
+            times["bare-loop"].append(time_bare_loop(X, steps))
+        for name, values in times.items():
+            sec = float(np.median(values))
+            rows.append(dict(method=name, n_features=d, seconds_per_step=sec,
+                             steps_per_second=1 / sec, repeats=values))
+        overhead = [f / b for f, b in zip(times["dcd-importance"], times["bare-loop"],
+                                          strict=True)]
+        rows.append(dict(method="overhead", n_features=d, ratio=float(np.median(overhead)),
+                         repeats=overhead))
+    settings = dict(steps=steps, repeats=repeats, batch_size=256, n_rows=10240,
+                    threads=torch.get_num_threads())
+    return dict(settings=settings, rows=rows)
+
+
+def report(result: dict, fig_dir: Path) -> str:
+    rows, settings = result["rows"], result["settings"]
+    by = {(r["method"], r["n_features"]): r for r in rows}
+    cd10 = {d: by[("cd-10", d)]["seconds_per_step"] for d in (2, 64)}
+    table = [[name] + [f"{1000 * by[(name, d)]['seconds_per_step']:.1f}" for d in (2, 64)]
+             + [f"{by[(name, d)]['seconds_per_step'] / cd10[d]:.2f}" for d in (2, 64)]
+             for name in [*METHODS, "bare-loop"]]
+    over = [f"{by[('overhead', d)]['ratio']:.2f}× ({d}-D; repeats "
+            + ", ".join(f"{v:.2f}" for v in by[("overhead", d)]["repeats"]) + ")"
+            for d in (2, 64)]
+    return "\n".join([
+        "## 2. Speed", "",
+        f"Milliseconds per training step at batch {settings['batch_size']}, default MLP, "
+        f"{settings['threads']} threads, one fit at a time; median of {settings['repeats']} "
+        f"interleaved repeats of {settings['steps']} steps. `bare-loop` is DCD's default step "
+        "in plain torch (no estimator).", "",
+        md_table(["method", "ms/step 2-D", "ms/step 64-D", "÷ CD-10 2-D", "÷ CD-10 64-D"],
+                 table), "",
+        "Estimator overhead (`fit` of DCD ÷ bare loop): " + "; ".join(over) + ".", ""])
+
+
+def main():
+    from benchmarks.common import meta, write_json
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    result = run(quick=args.quick, seeds=[0], n_jobs=1)
+    write_json(Path(__file__).with_name("results") / "speed.json", {"meta": meta(), **result})
+    print(report(result, Path(__file__).with_name("figures")))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""The benchmark suite: ``python -m benchmarks run [--quick] [--sections ...]``.
+
+Each section writes ``<out>/<section>.json`` (settings, seeds, versions, rows); the report
+(``RESULTS.md`` with tables, targets and figures) is rebuilt from whatever JSON files exist,
+so sections can be run separately and ``python -m benchmarks report`` redraws it. The full
+run writes into ``benchmarks/`` (committed); ``--quick`` into ``benchmarks/quick/``
+(ignored by git) with tiny budgets that only check that everything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from pathlib import Path
+
+from benchmarks.common import HERE, meta, read_json, write_json
+from benchmarks.report import SECTIONS, write_report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run sections, then rebuild the report")
+    run_p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test")
+    run_p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    run_p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    run_p.add_argument("--jobs", type=int, default=2, help="parallel one-thread fits")
+    run_p.add_argument("--experiments", nargs="+", default=None,
+                       help="density only: a subset of default/variants/curve/robustness; "
+                       "their rows replace those of the same experiments in density.json")
+    run_p.add_argument("--out", type=Path, default=None,
+                       help="results folder (default: benchmarks/ or benchmarks/quick/)")
+    rep_p = sub.add_parser("report", help="rebuild RESULTS.md from the JSON results")
+    rep_p.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args(argv)
+
+    if args.command == "report":
+        print(f"wrote {write_report(args.out)}")
+        return
+    out = args.out or (HERE / "quick" if args.quick else HERE)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    for name in args.sections:
+        module = importlib.import_module(f"benchmarks.{name}")
+        start = time.perf_counter()
+        print(f"[benchmarks] {name} ...", flush=True)
+        kwargs = {"experiments": args.experiments} if name == "density" and args.experiments else {}
+        result = module.run(quick=args.quick, seeds=seeds, n_jobs=args.jobs, **kwargs)
+        seconds = time.perf_counter() - start
+        result = {"meta": {**meta(), "quick": args.quick, "section_seconds": seconds}, **result}
+        path = out / "results" / f"{name}.json"
+        if kwargs and path.exists():
+            result = _merge_experiments(read_json(path), result)
+        write_json(path, result)
+        print(f"[benchmarks] {name} done in {seconds:.0f} s", flush=True)
+    print(f"wrote {write_report(out)}")
+
+
+def _merge_experiments(old: dict, new: dict) -> dict:
+    """Replace the rows of the newly run density experiments, keep the others."""
+    ran = set(new["settings"]["experiments"])
+    kept = [r for r in old["rows"] if r["experiment"] not in ran]
+    runs = {**old.get("runs", {}), **{e: new["meta"] for e in ran}}
+    experiments = sorted(ran | {r["experiment"] for r in kept})
+    settings = {**new["settings"], "experiments": experiments}
+    return {**new, "settings": settings, "rows": kept + new["rows"], "runs": runs}
+
+
+if __name__ == "__main__":
+    main()

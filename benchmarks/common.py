@@ -1,0 +1,77 @@
+"""Shared plumbing of the benchmark suite: metadata, parallel runs, summaries, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+
+
+def meta() -> dict:
+    """Versions and machine facts recorded with every result."""
+    import sklearn
+    import torch
+
+    import skdcd
+
+    return dict(skdcd=skdcd.__version__, torch=torch.__version__, sklearn=sklearn.__version__,
+                numpy=np.__version__, python=platform.python_version(),
+                machine=platform.machine(), cpu_count=os.cpu_count(),
+                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+
+
+def _one_thread_call(fn: Callable, kwargs: dict):
+    # Each worker owns one core: two torch processes with two threads each oversubscribe a
+    # two-core machine and slow down by an order of magnitude.
+    import torch
+
+    torch.set_num_threads(1)
+    return fn(**kwargs)
+
+
+def parallel_map(fn: Callable, jobs: Iterable[dict], n_jobs: int) -> list:
+    """Run ``fn(**kwargs)`` for each kwargs, ``n_jobs`` processes of one thread each."""
+    from joblib import Parallel, delayed
+
+    jobs = list(jobs)
+    if n_jobs == 1:
+        return [_one_thread_call(fn, kw) for kw in jobs]
+    return Parallel(n_jobs=n_jobs, backend="loky", verbose=0)(
+        delayed(_one_thread_call)(fn, kw) for kw in jobs)
+
+
+def spread(values) -> dict:
+    """Mean, standard deviation, min, max and count of a list of numbers."""
+    v = np.asarray(list(values), dtype=float)
+    return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1 else 0.0,
+                min=float(v.min()), max=float(v.max()), n=int(v.size))
+
+
+def fmt(s: dict, digits: int = 3) -> str:
+    """``mean ± std`` of a :func:`spread` dict (± omitted for a single value)."""
+    if s["n"] > 1:
+        return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+    return f"{s['mean']:.{digits}f}"
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, default=float))
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

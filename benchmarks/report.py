@@ -1,0 +1,134 @@
+"""Build ``RESULTS.md`` from the sections' JSON results, with the issue's targets checked."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import md_table, read_json
+
+SECTIONS = ("density", "speed", "digits", "baselines", "peer")
+
+
+def _gap_at(rows, toy, method, seconds):
+    """Best gap among the fits of ``method`` that finished within ``seconds`` (5% slack)."""
+    from benchmarks.density import _curve_points
+
+    ok = [r["gap"] for r in _curve_points(rows, toy, method)
+          if r["fit_seconds"] <= 1.05 * seconds and math.isfinite(r["gap"])]
+    return min(ok) if ok else math.nan
+
+
+def _status(ok: bool | None) -> str:
+    return "—" if ok is None else ("**met**" if ok else "**not met**")
+
+
+def targets(results: dict) -> list[list[str]]:
+    """One row per target of issue 3: the target, what was measured, met or not."""
+    rows = []
+    density, baselines, speed = (results.get(k) for k in ("density", "baselines", "speed"))
+    if density:
+        from benchmarks.density import headline
+
+        h = headline(density)
+        dcd = h["per_toy"]["dcd"]
+        if dcd:
+            mean = float(np.mean(list(dcd.values())))
+            rows.append(["DCD (defaults) mean NLL gap over the toys ≤ 0.05", f"{mean:.3f}",
+                         _status(mean <= 0.05)])
+        if dcd and baselines:
+            from benchmarks.baselines import best_gaps
+
+            best = best_gaps(baselines)
+            worst = max(dcd[t] - best[t] for t in dcd if t in best)
+            rows.append(["DCD within 0.02 of the better of GMM/KDE on each toy",
+                         "worst excess " + f"{worst:+.3f} ("
+                         + ", ".join(f"{t} {dcd[t] - best[t]:+.3f}" for t in dcd if t in best)
+                         + ")", _status(worst <= 0.02)])
+        curve = [r for r in density["rows"] if r["experiment"] == "curve"]
+        if curve:
+            from benchmarks.density import _curve_points
+
+            ratios = {}
+            for toy in dict.fromkeys(r["toy"] for r in curve):
+                # the budget is DCD's longest fit: the default one when it was run
+                budget = [r["fit_seconds"] for r in _curve_points(density["rows"], toy, "dcd")]
+                if budget:
+                    budget = [max(budget)]
+                    g_dcd = _gap_at(density["rows"], toy, "dcd", budget[0])
+                    g_cd = _gap_at(density["rows"], toy, "cd-10", budget[0])
+                    ratios[toy] = g_dcd / g_cd if g_cd > 0 else math.nan
+            finite = [v for v in ratios.values() if math.isfinite(v)]
+            ok = bool(finite) and np.mean(finite) <= 0.5 and max(finite) <= 1.0
+            rows.append(["At DCD's longest fit's wall-clock, DCD gap ≤ ½ CD-10's on average, "
+                         "worse on none",
+                         "ratio " + ", ".join(f"{t} {v:.2f}" for t, v in ratios.items()),
+                         _status(ok if finite else None)])
+            ttg = h["time_to_goal"]
+            pairs = {t: ttg["dcd"][t] / ttg["cd-10"][t] for t in ttg["dcd"]
+                     if math.isfinite(ttg["dcd"][t]) and math.isfinite(ttg["cd-10"][t])}
+            never = [t for t in ttg["dcd"] if not math.isfinite(ttg["dcd"][t])]
+            text = ", ".join(f"{t} {v:.2f}" for t, v in pairs.items()) or "no pair"
+            if never:
+                text += "; DCD never reached it on " + ", ".join(never)
+            ok = bool(pairs) and not never and max(pairs.values()) <= 1 / 3
+            rows.append(["Time to gap ≤ 0.1: DCD ≤ ⅓ of CD-10", "ratio " + text, _status(ok)])
+        if any(r["experiment"] == "robustness" for r in density["rows"]):
+            rb = h["robust"]
+            rows.append(["Robustness: DCD's fraction of the grid with gap ≤ 0.1 ≥ 2× CD's",
+                         f"DCD {rb['dcd']:.2f}, CD-10 {rb['cd-10']:.2f}",
+                         _status(rb["dcd"] >= 2 * rb["cd-10"] and rb["dcd"] > 0)])
+    if speed:
+        by = {(r["method"], r["n_features"]): r for r in speed["rows"]}
+        ratio = {d: by[("dcd-importance", d)]["seconds_per_step"]
+                 / by[("cd-10", d)]["seconds_per_step"] for d in (2, 64)}
+        rows.append(["DCD step ≤ ⅓ of a CD-10 step",
+                     f"{ratio[2]:.2f} (2-D), {ratio[64]:.2f} (64-D)",
+                     _status(max(ratio.values()) <= 1 / 3)])
+        over = {d: by[("overhead", d)]["ratio"] for d in (2, 64)}
+        rows.append(["Estimator overhead ≤ 1.10× the bare loop",
+                     f"{over[2]:.2f}× (2-D), {over[64]:.2f}× (64-D)",
+                     _status(max(over.values()) <= 1.10)])
+    digits = results.get("digits")
+    if digits:
+        module = importlib.import_module("benchmarks.digits")
+        if hasattr(module, "targets"):
+            rows += module.targets(digits)
+    return rows
+
+
+def write_report(out: Path) -> Path:
+    """Write ``out/RESULTS.md`` (figures in ``out/figures``) from ``out/results/*.json``."""
+    results = {name: read_json(out / "results" / f"{name}.json") for name in SECTIONS}
+    results = {k: v for k, v in results.items() if v is not None}
+    lines = ["# Benchmark results", "",
+             "Generated by `python -m benchmarks run` (see `benchmarks/__main__.py`); "
+             "every number below is measured, with its settings in `results/<section>.json`.",
+             ""]
+    if results:
+        m = next(iter(results.values()))["meta"]
+        lines += [f"Machine: {m['cpu_count']} CPU cores ({m['machine']}), Python {m['python']}, "
+                  f"torch {m['torch']}, scikit-learn {m['sklearn']}, skdcd {m['skdcd']}.", ""]
+        lines += ["| section | run at | seconds | quick |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['meta']['date']} | {v['meta']['section_seconds']:.0f} | "
+                  f"{v['meta']['quick']} |" for k, v in results.items()]
+        lines.append("")
+    missing = [s for s in SECTIONS if s not in results]
+    if missing:
+        lines += ["Not run yet: " + ", ".join(missing) + ".", ""]
+    target_rows = targets(results)
+    if target_rows:
+        lines += ["## Targets (issue 3)", "", md_table(["target", "measured", ""], target_rows),
+                  ""]
+    for name, result in results.items():
+        if "skipped" in result:
+            lines += [f"## {name}", "", f"Skipped: {result['skipped']}.", ""]
+            continue
+        module = importlib.import_module(f"benchmarks.{name}")
+        lines += [module.report(result, out / "figures"), ""]
+    path = out / "RESULTS.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,85 @@
+"""The benchmark suite's bookkeeping: summaries, merging of runs and the target verdicts."""
+
+import math
+
+import pytest
+
+from benchmarks.__main__ import _merge_experiments
+from benchmarks.common import spread
+from benchmarks.report import targets
+
+
+def test_spread_uses_sample_std():
+    s = spread([1.0, 2.0, 3.0])
+    assert (s["mean"], s["std"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 1.0, 3.0, 3)
+    assert spread([5.0])["std"] == 0.0
+
+
+def test_merge_replaces_only_the_rerun_experiments():
+    old = {"rows": [{"experiment": "variants", "v": 1}, {"experiment": "curve", "v": 1}],
+           "settings": {"experiments": ["variants", "curve"]}, "meta": {"date": "a"}}
+    new = {"rows": [{"experiment": "curve", "v": 2}],
+           "settings": {"experiments": ["curve"]}, "meta": {"date": "b"}}
+    merged = _merge_experiments(old, new)
+    assert sorted((r["experiment"], r["v"]) for r in merged["rows"]) == [
+        ("curve", 2), ("variants", 1)]
+    assert merged["settings"]["experiments"] == ["curve", "variants"]
+    assert merged["runs"]["curve"]["date"] == "b"
+
+
+def _row(toy, method, gap, seconds, experiment="default", seed=0, **extra):
+    return dict(toy=toy, method=method, gap=gap, fit_seconds=seconds,
+                experiment=experiment, seed=seed, **extra)
+
+
+def _verdicts(results):
+    return {row[0].split(":")[0]: row for row in targets(results)}
+
+
+@pytest.fixture
+def results():
+    density = [
+        _row("a", "dcd", 0.04, 100), _row("a", "cd-10", 0.10, 100),
+        _row("b", "dcd", 0.06, 100), _row("b", "cd-10", 0.20, 100),
+        # curves: DCD reaches 0.1 after 20 s, CD-10 after 100 s (a) and never (b)
+        _row("a", "dcd", 0.09, 20, "curve"), _row("a", "cd-10", 0.5, 20, "curve"),
+        _row("b", "dcd", 0.08, 20, "curve"), _row("b", "cd-10", 0.6, 20, "curve"),
+        _row("a", "dcd", 0.3, 10, "robustness"), _row("a", "dcd", 0.05, 10, "robustness"),
+        _row("a", "cd-10", 0.3, 10, "robustness"), _row("a", "cd-10", math.nan, 10,
+                                                         "robustness"),
+    ]
+    baselines = [dict(toy=t, method=m, gap=g) for t, m, g in
+                 [("a", "gmm_bic", 0.03), ("a", "kde_cv", 0.05),
+                  ("b", "gmm_bic", 0.01), ("b", "kde_cv", 0.02)]]
+    speed = [dict(method="dcd-importance", n_features=d, seconds_per_step=0.01) for d in (2, 64)]
+    speed += [dict(method="cd-10", n_features=d, seconds_per_step=0.04) for d in (2, 64)]
+    speed += [dict(method="overhead", n_features=2, ratio=1.05),
+              dict(method="overhead", n_features=64, ratio=1.2)]
+    return {"density": {"rows": density}, "baselines": {"rows": baselines},
+            "speed": {"rows": speed}}
+
+
+def test_target_verdicts_follow_the_measurements(results):
+    v = _verdicts(results)
+    mean = v["DCD (defaults) mean NLL gap over the toys ≤ 0.05"]
+    assert mean[1] == "0.050" and "**met**" == mean[2]
+    # excess over the better baseline: a 0.04-0.03 = +0.01, b 0.06-0.01 = +0.05
+    close = v["DCD within 0.02 of the better of GMM/KDE on each toy"]
+    assert "+0.050" in close[1] and close[2] == "**not met**"
+    # at DCD's longest fit (100 s) the gaps are the defaults': 0.4 and 0.3 of CD's
+    clock = next(r for k, r in v.items() if k.startswith("At DCD"))
+    assert "a 0.40" in clock[1] and "b 0.30" in clock[1] and clock[2] == "**met**"
+    ttg = next(r for k, r in v.items() if k.startswith("Time to gap"))
+    assert "a 0.20" in ttg[1] and ttg[2] == "**met**"
+    robust = next(r for k, r in v.items() if k.startswith("Robustness"))
+    assert robust[1] == "DCD 0.50, CD-10 0.00" and robust[2] == "**met**"
+    step = v["DCD step ≤ ⅓ of a CD-10 step"]
+    assert step[1] == "0.25 (2-D), 0.25 (64-D)" and step[2] == "**met**"
+    assert v["Estimator overhead ≤ 1.10× the bare loop"][2] == "**not met**"
+
+
+def test_missing_sections_give_no_verdict(results):
+    assert targets({}) == []
+    only_speed = targets({"speed": results["speed"]})
+    assert [r[0] for r in only_speed] == ["DCD step ≤ ⅓ of a CD-10 step",
+                                         "Estimator overhead ≤ 1.10× the bare loop"]
