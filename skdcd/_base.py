@@ -11,8 +11,8 @@ runs in standardised coordinates ``z = (x - mean_) / scale_``; public methods co
 from __future__ import annotations
 
 import copy
+import logging
 import math
-import time
 import warnings
 from numbers import Integral, Real
 
@@ -26,10 +26,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skdcd import partition, samplers
+from skdcd._progress import ProgressBar, anneal_callback
 from skdcd.networks import ACTIVATIONS, EnvelopedEnergy, MLPEnergy
 
 STEPS_PER_FIT = 8000  # optimisation steps that max_iter="auto" aims for
 EVAL_BATCH = 65536
+
+logger = logging.getLogger("skdcd")
 
 
 def _seeded_generator(entropy: tuple[int, ...], device: torch.device) -> torch.Generator:
@@ -272,10 +275,11 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         if self._optimizer_state is not None:
             optimizer.load_state_dict(self._optimizer_state)
         self._cache.clear()
+        bar = ProgressBar(total_steps, f"{type(self).__name__} fit", self.verbose)
         try:
             for epoch in range(n_epochs):
                 snapshot = copy.deepcopy(net.state_dict())
-                start, epoch_loss = time.perf_counter(), 0.0
+                epoch_loss = 0.0
                 perm = torch.randperm(n, generator=generator, device=device)
                 for b in range(n_batches):
                     step = epoch * n_batches + b
@@ -303,14 +307,14 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                     optimizer.step()
                     epoch_loss += loss_value
                     self.t_ += 1
+                    bar.update(1, f"epoch {self.n_iter_ + 1}, loss {epoch_loss / (b + 1):.4g}",
+                               force=b == n_batches - 1)
                 self.loss_curve_.append(epoch_loss / n_batches)
                 self.n_iter_ += 1
-                if self.verbose and (self.verbose > 1 or epoch % max(1, n_epochs // 10) == 0
-                                     or epoch == n_epochs - 1):
-                    print(f"[{type(self).__name__}] epoch {self.n_iter_:>5d}  "
-                          f"loss {self.loss_curve_[-1]: .5f}  "
-                          f"{time.perf_counter() - start:.2f}s/epoch", flush=True)
+                logger.debug("%s epoch %d loss %.5f", type(self).__name__, self.n_iter_,
+                             self.loss_curve_[-1])
         finally:
+            bar.close()
             # keep everything that is pickled on the CPU, so a CUDA-fitted model loads anywhere
             self._optimizer_state = _to_cpu(optimizer.state_dict())
             self.energy_net_ = net.to("cpu").eval()
@@ -349,14 +353,17 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                 n_grid=self.quadrature_n_grid, device=device)
             std_err = 0.0
         else:
-            log_z, std_err = partition.log_partition_ais(
-                net,
-                torch.as_tensor(self._base_mean, dtype=torch.float64, device=device),
-                torch.as_tensor(1.5 * self._base_std, dtype=torch.float64, device=device),
-                n_particles=self.ais_n_particles, n_steps=self.ais_n_steps,
-                step_size=self.sample_step_size,
-                generator=_seeded_generator((self._seed, 1), device),
-            )
+            with ProgressBar(self.ais_n_steps, f"{type(self).__name__} log Z (AIS)",
+                             self.verbose) as bar:
+                log_z, std_err = partition.log_partition_ais(
+                    net,
+                    torch.as_tensor(self._base_mean, dtype=torch.float64, device=device),
+                    torch.as_tensor(1.5 * self._base_std, dtype=torch.float64, device=device),
+                    n_particles=self.ais_n_particles, n_steps=self.ais_n_steps,
+                    step_size=self.sample_step_size,
+                    generator=_seeded_generator((self._seed, 1), device),
+                    callback=anneal_callback(bar),
+                )
         # from standardised to input units: dz = dx / prod(scale)
         self._cache["log_z"] = log_z + float(np.sum(np.log(self.scale_)))
         self._cache["log_z_std"] = std_err
@@ -452,12 +459,15 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         generator = _generator_from_random_state(random_state, device)
         net = self._energy_module(torch.float32, device)
         n_particles = max(int(n_samples), 1024)
-        result = samplers.anneal(
-            net, torch.as_tensor(self._base_mean, dtype=torch.float32, device=device),
-            torch.as_tensor(1.5 * self._base_std, dtype=torch.float32, device=device),
-            n_particles=n_particles, n_steps=self.sample_steps,
-            step_size=self.sample_step_size, generator=generator, resample=True,
-        )
+        with ProgressBar(self.sample_steps, f"{type(self).__name__} sample",
+                         self.verbose) as bar:
+            result = samplers.anneal(
+                net, torch.as_tensor(self._base_mean, dtype=torch.float32, device=device),
+                torch.as_tensor(1.5 * self._base_std, dtype=torch.float32, device=device),
+                n_particles=n_particles, n_steps=self.sample_steps,
+                step_size=self.sample_step_size, generator=generator, resample=True,
+                callback=anneal_callback(bar),
+            )
         x = result.x[samplers.systematic_resample(result.log_weights, generator)]
         # systematic resampling orders particles by ancestor: shuffle before truncating
         x = x[torch.randperm(n_particles, generator=generator, device=device)[:n_samples]]

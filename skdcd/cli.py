@@ -1,11 +1,428 @@
-"""The ``skdcd`` command line (``skdcd demo``; also ``python -m skdcd demo``)."""
+"""The ``skdcd`` command: fit, score, sample, denoise and plot energy-based models.
+
+Also run as ``python -m skdcd``. DATA is a CSV file (comma-separated, tab-separated for .tsv,
+with an optional header row) or a 2-D .npy array, one row per sample. Errors exit with
+status 1 (2 for bad usage) and one line on stderr; outputs are written atomically, so a
+failed command never leaves a partial file.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import csv
+import math
+import os
 import sys
+import tempfile
+import textwrap
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+ESTIMATORS = {"dcd": "DCDEnergyEstimator", "cd": "CDEnergyEstimator"}
+ARRAY_SUFFIXES = (".npy", ".csv", ".tsv")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+DATA_HELP = ("a CSV file (comma-separated; tab-separated for .tsv; the first row may be "
+             "a header) or a 2-D .npy array, one row per sample, no missing values")
+LITERALS = {"true": True, "false": False, "none": None}
+EXAMPLES = """examples:
+  skdcd fit data.csv --estimator dcd --param max_iter=50 --param noise_std=0.1 --out m.joblib
+  skdcd score m.joblib test.csv                    # mean log-likelihood (nats per row)
+  skdcd score m.joblib test.csv --out loglik.csv   # ... and one value per row
+  skdcd sample m.joblib -n 64 --out samples.npy
+  skdcd denoise m.joblib noisy.csv --noise-std 0.2 --out clean.csv
+  skdcd plot m.joblib --data data.csv --out m.png
+  skdcd demo --dataset two_moons
+Run `skdcd COMMAND --help` for the options of a command."""
+
+
+class CLIError(Exception):
+    """A failure to report as one line on stderr, with exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------- input and output
+def _parse_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    """Rows of a CSV file as floats; the first row is a header when no field is a number."""
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    rows: list[list[float]] = []
+    width, header_seen = None, False
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            for fields in reader:
+                line = reader.line_num
+                if not any(s.strip() for s in fields):
+                    continue  # blank line
+                values = [_parse_float(s.strip()) for s in fields]
+                if not rows and not header_seen and all(v is None for v in values):
+                    header_seen, width = True, len(fields)
+                    continue
+                if width is None:
+                    width = len(fields)
+                if len(fields) != width:
+                    raise CLIError(f"{path}, line {line}: expected {width} fields like the "
+                                   f"first row, got {len(fields)}")
+                for j, (text, value) in enumerate(zip(fields, values, strict=True)):
+                    if not text.strip():
+                        raise CLIError(f"{path}, line {line}, column {j + 1}: empty field "
+                                       "(missing values are not supported; drop or impute "
+                                       "these rows)")
+                    if value is None:
+                        raise CLIError(f"{path}, line {line}, column {j + 1}: not a number: "
+                                       f"{text.strip()[:40]!r}")
+                    if not math.isfinite(value):
+                        raise CLIError(f"{path}, line {line}, column {j + 1}: {text.strip()} "
+                                       "(NaN and infinite values are not supported; drop or "
+                                       "impute these rows)")
+                rows.append(values)  # type: ignore[arg-type]
+        except csv.Error as exc:
+            raise CLIError(f"{path}, line {reader.line_num}: malformed CSV: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise CLIError(f"{path} is not a UTF-8 text CSV file ({exc.reason}); "
+                           "use a .npy file for binary data") from exc
+    if not rows:
+        raise CLIError(f"{path} holds no data rows")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def read_data(path: str) -> np.ndarray:
+    """Read DATA (CSV or ``.npy``) as a finite float array of shape (n_samples, n_features).
+
+    Parameters
+    ----------
+    path : str
+        A ``.npy`` file, or else a CSV file (tab-separated when it ends in ``.tsv``).
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features)
+        The data.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"data file not found: {path}")
+    if p.is_dir():
+        raise CLIError(f"{path} is a folder, not a data file")
+    if p.suffix.lower() != ".npy":
+        return _read_csv(p)
+    try:
+        X = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CLIError(f"cannot read {path} as a .npy array: {exc}") from exc
+    if not isinstance(X, np.ndarray) or X.ndim != 2:
+        raise CLIError(f"{path}: expected a 2-D array (n_samples, n_features), "
+                       f"got shape {getattr(X, 'shape', None)}")
+    if X.dtype.kind not in "iuf":
+        raise CLIError(f"{path}: expected a numeric array, got dtype {X.dtype}")
+    X = X.astype(np.float64)
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise CLIError(f"{path} holds no data (shape {X.shape})")
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if bad.size:
+        raise CLIError(f"{path}: row {bad[0] + 1} (and {bad.size - 1} more) holds NaN or "
+                       "infinite values; drop or impute these rows")
+    return X
+
+
+def _check_out(path: str, suffixes: Sequence[str] | None = None) -> Path:
+    """Validate an output path before any work is done."""
+    p = Path(path)
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        raise CLIError(f"--out {path}: the file name must end in one of "
+                       f"{', '.join(suffixes)}", code=2)
+    if p.is_dir():
+        raise CLIError(f"--out {path} is a folder")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise CLIError(f"--out {path}: folder {parent} does not exist")
+    return p
+
+
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through a temporary file in the same folder, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
+                               prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _save_array(path: Path, X: np.ndarray, names: Sequence[str]) -> None:
+    if path.suffix.lower() == ".npy":
+        _write_atomic(path, lambda f: np.save(f, X))
+    else:
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        _write_atomic(path, lambda f: np.savetxt(f, X, delimiter=delimiter, fmt="%.10g",
+                                                 header=delimiter.join(names), comments=""))
+
+
+def _feature_names(model: Any) -> list[str]:
+    names = getattr(model, "feature_names_in_", None)
+    return ([str(n) for n in names] if names is not None
+            else [f"x{j}" for j in range(model.n_features_in_)])
+
+
+def load_model(path: str) -> Any:
+    """Load a fitted skdcd estimator written by ``skdcd fit`` (joblib).
+
+    Parameters
+    ----------
+    path : str
+        The model file. joblib files are pickles: load only files you trust.
+
+    Returns
+    -------
+    estimator : fitted DCDEnergyEstimator or CDEnergyEstimator
+        The model.
+    """
+    import joblib
+    from sklearn.utils.validation import check_is_fitted
+
+    from skdcd._base import BaseEnergyEstimator
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"model file not found: {path}")
+    try:
+        model = joblib.load(p)
+    except Exception as exc:  # a corrupt or foreign file fails in many ways
+        raise CLIError(f"cannot read {path} as a model saved by `skdcd fit` "
+                       f"({type(exc).__name__}: {exc})") from exc
+    if not isinstance(model, BaseEnergyEstimator):
+        raise CLIError(f"{path} holds a {type(model).__name__}, not an skdcd estimator")
+    check_is_fitted(model)
+    return model
+
+
+def _check_width(model: Any, X: np.ndarray, path: str) -> None:
+    if X.shape[1] != model.n_features_in_:
+        raise CLIError(f"{path} has {X.shape[1]} columns but the model was fitted on "
+                       f"{model.n_features_in_} features")
+
+
+# ---------------------------------------------------------------------- parameters
+def _estimator_class(name: str) -> type:
+    import skdcd
+
+    return getattr(skdcd, ESTIMATORS[name])
+
+
+def parse_value(text: str) -> Any:
+    """A ``--param`` value: a Python literal when it is one, else the string itself.
+
+    Parameters
+    ----------
+    text : str
+        E.g. ``"(64, 64)"``, ``"3e-3"``, ``"vp"``, ``"None"`` or ``"true"``.
+
+    Returns
+    -------
+    value : object
+        The parsed value.
+    """
+    text = text.strip()
+    if text.lower() in LITERALS:
+        return LITERALS[text.lower()]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def parse_params(pairs: Sequence[str], estimator_cls: type) -> dict[str, Any]:
+    """``NAME=VALUE`` strings as keyword arguments of ``estimator_cls`` (names checked).
+
+    Parameters
+    ----------
+    pairs : sequence of str
+        The ``--param`` arguments.
+    estimator_cls : type
+        The estimator whose ``get_params()`` keys are the valid names.
+
+    Returns
+    -------
+    params : dict
+        Parameter values, parsed by :func:`parse_value`.
+    """
+    valid = sorted(estimator_cls().get_params(deep=False))
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise CLIError(f"--param expects NAME=VALUE, got {pair!r}", code=2)
+        if name not in valid:
+            raise CLIError(f"unknown parameter {name!r} for {estimator_cls.__name__}; valid "
+                           f"parameters: {', '.join(valid)}", code=2)
+        params[name] = parse_value(raw)
+    return params
+
+
+def _image_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        shape = ()
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected H,W or C,H,W, got {text!r}")
+    return shape
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    convert.__name__ = f"positive {kind.__name__}"
+    return convert
+
+
+# ---------------------------------------------------------------------- commands
+def _fit(args: argparse.Namespace) -> int:
+    import joblib
+
+    cls = _estimator_class(args.estimator)
+    params = parse_params(args.param, cls)
+    out = _check_out(args.out)
+    X = read_data(args.data)
+    est = cls(**params)
+    saved_verbose = est.verbose
+    if "verbose" not in params:
+        est.set_params(verbose=args.verbose)
+    start = time.perf_counter()
+    est.fit(X)
+    fit_time = time.perf_counter() - start
+    log_z = est.log_partition_  # computed once here (AIS can be slow), saved with the model
+    est.set_params(verbose=saved_verbose)
+    _write_atomic(out, lambda f: joblib.dump(est, f))
+    loss = f", final loss {est.loss_curve_[-1]:.4g}" if est.loss_curve_ else ""
+    std = f" ± {est.log_partition_std_:.2g}" if est.log_partition_std_ else ""
+    print(f"fitted {cls.__name__} on {X.shape[0]} rows x {X.shape[1]} features in "
+          f"{fit_time:.1f} s ({est.n_iter_} epochs, {est.t_} steps{loss}); "
+          f"log Z = {log_z:.4f}{std}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _load_for_command(args: argparse.Namespace) -> Any:
+    model = load_model(args.model)
+    model.set_params(verbose=args.verbose)
+    return model
+
+
+def _score(args: argparse.Namespace) -> int:
+    to_stdout = args.out == "-"
+    out = None if args.out is None or to_stdout else _check_out(args.out, (".csv", ".tsv"))
+    model = _load_for_command(args)
+    X = read_data(args.data)
+    _check_width(model, X, args.data)
+    log_likelihood = model.score_samples(X)
+    if to_stdout:
+        np.savetxt(sys.stdout, log_likelihood, fmt="%.10g", header="log_likelihood",
+                   comments="")
+        return 0
+    std = model.log_partition_std_
+    note = f"; log Z by AIS, standard error {std:.2g}" if std else ""
+    print(f"mean log-likelihood: {float(np.mean(log_likelihood)):.6f} nats "
+          f"({len(log_likelihood)} rows{note})")
+    if out is not None:
+        _save_array(out, log_likelihood[:, None], ["log_likelihood"])
+        print(f"wrote {out}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    out = _check_out(args.out, ARRAY_SUFFIXES)
+    model = _load_for_command(args)
+    X = model.sample(args.n_samples, random_state=args.random_state)
+    _save_array(out, X, _feature_names(model))
+    print(f"wrote {out} ({X.shape[0]} x {X.shape[1]})")
+    return 0
+
+
+def _denoise(args: argparse.Namespace) -> int:
+    out = _check_out(args.out, ARRAY_SUFFIXES)
+    model = _load_for_command(args)
+    X = read_data(args.data)
+    _check_width(model, X, args.data)
+    X_clean = model.denoise(X, noise_std=args.noise_std, method=args.method,
+                            random_state=args.random_state)
+    _save_array(out, X_clean, _feature_names(model))
+    print(f"wrote {out} ({X_clean.shape[0]} x {X_clean.shape[1]})")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from skdcd import plotting
+
+    out = _check_out(args.out, FIGURE_SUFFIXES)
+    model = _load_for_command(args)
+    X = None
+    if args.data is not None:
+        X = read_data(args.data)
+        _check_width(model, X, args.data)
+    image_shape = args.image_shape or getattr(model, "image_shape", None)
+    kind = args.kind
+    if kind == "auto":
+        kind = ("grid" if image_shape is not None
+                else "landscape" if model.n_features_in_ == 2 else "pairwise")
+    if kind == "landscape" and model.n_features_in_ != 2:
+        raise CLIError(f"--kind landscape needs a 2-feature model, this one has "
+                       f"{model.n_features_in_}; use --kind pairwise", code=2)
+    if kind == "grid" and image_shape is None:
+        raise CLIError("--kind grid needs --image-shape (the model has no image_shape)", code=2)
+    n = args.n_samples or (64 if kind == "grid" else 1000)
+    samples = model.sample(n, random_state=args.random_state) if kind != "loss" else None
+    if kind == "landscape":
+        fig = plotting.plot_landscape_2d(model, X, samples)
+    elif kind == "pairwise":
+        fig = plotting.plot_pairwise(samples, X, max_features=args.max_features,
+                                     feature_names=_feature_names(model))
+    elif kind == "loss":
+        fig = plotting.plot_loss_curve(model)
+    else:
+        if X is None:
+            fig = plotting.plot_sample_grid(samples, image_shape, title="model samples")
+        else:
+            fig = plotting._new_figure(figsize=(12.0, 6.2))
+            ax_data, ax_samples = fig.subplots(1, 2)
+            plotting.plot_sample_grid(X[:n], image_shape, ax=ax_data, title="data")
+            plotting.plot_sample_grid(samples, image_shape, ax=ax_samples,
+                                      title="model samples")
+    fmt = out.suffix.lower().lstrip(".")
+    _write_atomic(out, lambda f: fig.savefig(f, format=fmt, dpi=args.dpi))
+    print(f"wrote {out} ({kind})")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -43,30 +460,205 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs to the terminal; keeps indented (example) paragraphs as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = text.strip("\n").split("\n\n")
+        return "\n\n".join(
+            "\n".join(indent + line for line in para.splitlines()) if "\n  " in para
+            else textwrap.fill(" ".join(para.split()), width, initial_indent=indent,
+                               subsequent_indent=indent)
+            for para in paragraphs)
+
+
+def _add_verbose(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--verbose", type=int, default=1, metavar="N",
+                        help=f"1 (default): progress bars on stderr during {what}; 0: silent")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of the ``skdcd`` command."""
+    """Argument parser of the ``skdcd`` command.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+        The parser, one sub-command per action.
+    """
+    from skdcd import __version__
     from skdcd.datasets import TOY_NAMES
 
-    parser = argparse.ArgumentParser(prog="skdcd", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="fit DCD on a 2-D toy and compare with the true NLL")
-    demo.add_argument("--dataset", choices=TOY_NAMES, default="eight_gaussians")
-    demo.add_argument("--n-samples", type=int, default=10000, help="training rows")
-    demo.add_argument("--n-test", type=int, default=5000, help="held-out rows")
-    demo.add_argument("--max-iter", type=int, default=None, help="epochs (default: auto)")
-    demo.add_argument("--plot", default="skdcd_demo.png", help="PNG path of the figure")
-    demo.add_argument("--no-plot", dest="plot", action="store_const", const=None)
-    demo.add_argument("--verbose", type=int, default=1)
+    raw = _HelpFormatter
+    parser = argparse.ArgumentParser(prog="skdcd", description=__doc__.replace("``", ""),
+                                     epilog=EXAMPLES,
+                                     formatter_class=raw)
+    parser.add_argument("--version", action="version", version=f"skdcd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fit = sub.add_parser(
+        "fit", formatter_class=raw, help="fit an estimator to DATA and save it",
+        description="Fit DCDEnergyEstimator (dcd) or CDEnergyEstimator (cd) to DATA and save "
+                    "it with joblib; log Z is computed once here and saved with the model.",
+        epilog="examples:\n"
+               "  skdcd fit data.csv --out m.joblib\n"
+               "  skdcd fit data.npy --estimator cd --param max_iter=100 \\\n"
+               "      --param 'hidden_layer_sizes=(64,64)' --param learning_rate=3e-3 "
+               "--out m.joblib\n"
+               "  skdcd fit data.csv --param diffusion=vp --param 'noise_std=(0.05,0.5)' "
+               "--out m.joblib\n"
+               "parameter names are the estimator's (see `help(skdcd.DCDEnergyEstimator)`); "
+               "values are\nPython literals or plain strings.")
+    fit.add_argument("data", metavar="DATA", help=DATA_HELP)
+    fit.add_argument("--estimator", choices=sorted(ESTIMATORS), default="dcd",
+                     help="dcd: Diffusion Contrastive Divergence (default); cd: Contrastive "
+                          "Divergence")
+    fit.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="an estimator parameter, e.g. max_iter=50 or "
+                          "hidden_layer_sizes=(64,64); repeat for several")
+    fit.add_argument("--out", required=True, metavar="MODEL",
+                     help="where to write the fitted model (joblib, e.g. model.joblib)")
+    _add_verbose(fit, "training and AIS (the model is saved with the verbose of --param, "
+                      "default 0)")
+    fit.set_defaults(func=_fit)
+
+    score = sub.add_parser(
+        "score", formatter_class=raw, help="log-likelihood of DATA under a model",
+        description="Print the mean normalised log-likelihood (nats per row) of DATA under "
+                    "MODEL; with --out, also write one log-likelihood per row.",
+        epilog="examples:\n  skdcd score m.joblib test.csv\n"
+               "  skdcd score m.joblib test.csv --out loglik.csv\n"
+               "  skdcd score m.joblib test.csv --out - | head")
+    score.add_argument("model", metavar="MODEL", help="a model written by `skdcd fit`")
+    score.add_argument("data", metavar="DATA", help=DATA_HELP)
+    score.add_argument("--out", metavar="CSV",
+                       help="write per-row log-likelihoods to this CSV file (header "
+                            "log_likelihood); '-' prints them on stdout instead of the mean")
+    _add_verbose(score, "AIS, if log Z is not saved with the model")
+    score.set_defaults(func=_score)
+
+    sample = sub.add_parser(
+        "sample", formatter_class=raw, help="draw samples from a model",
+        description="Draw samples from MODEL (annealed sequential Monte Carlo) and write them "
+                    "as .npy or CSV.",
+        epilog="example:\n  skdcd sample m.joblib -n 64 --random-state 0 --out samples.csv")
+    sample.add_argument("model", metavar="MODEL", help="a model written by `skdcd fit`")
+    sample.add_argument("-n", "--n-samples", type=_positive(int), default=64, metavar="N",
+                        help="number of samples (default 64)")
+    sample.add_argument("--out", required=True, metavar="FILE",
+                        help="output file; the format follows the suffix: .npy, .csv or .tsv")
+    sample.add_argument("--random-state", type=int, default=None, metavar="SEED",
+                        help="seed for reproducible samples (default: fresh randomness)")
+    _add_verbose(sample, "sampling")
+    sample.set_defaults(func=_sample)
+
+    denoise = sub.add_parser(
+        "denoise", formatter_class=raw, help="denoise DATA under a model prior",
+        description="Estimate clean rows from DATA = clean + NOISE_STD * N(0, I) under the "
+                    "model as a prior, and write them as .npy or CSV.",
+        epilog="example:\n  skdcd denoise m.joblib noisy.csv --noise-std 0.2 --out clean.csv")
+    denoise.add_argument("model", metavar="MODEL", help="a model written by `skdcd fit`")
+    denoise.add_argument("data", metavar="DATA", help="the noisy data: " + DATA_HELP)
+    denoise.add_argument("--noise-std", type=_positive(float), required=True, metavar="STD",
+                         help="standard deviation of the noise, in the units of DATA")
+    denoise.add_argument("--method", choices=["posterior_mean", "map"],
+                         default="posterior_mean",
+                         help="posterior mean (MMSE, default) or mode (MAP)")
+    denoise.add_argument("--out", required=True, metavar="FILE",
+                         help="output file; the format follows the suffix: .npy, .csv or .tsv")
+    denoise.add_argument("--random-state", type=int, default=None, metavar="SEED",
+                         help="seed of the MCMC chain of posterior_mean")
+    _add_verbose(denoise, "long computations")
+    denoise.set_defaults(func=_denoise)
+
+    plot = sub.add_parser(
+        "plot", formatter_class=raw, help="plot a model (needs matplotlib)",
+        description="Plot MODEL (needs matplotlib: pip install skdcd[plot]). --kind auto "
+                    "chooses a grid of samples for image models, the energy landscape with "
+                    "data and samples for 2-D models, else pairwise projections of samples "
+                    "(and data) on the first features.",
+        epilog="examples:\n  skdcd plot m.joblib --data data.csv --out m.png\n"
+               "  skdcd plot m.joblib --kind loss --out loss.png\n"
+               "  skdcd plot m.joblib --kind grid --image-shape 8,8 --out samples.png")
+    plot.add_argument("model", metavar="MODEL", help="a model written by `skdcd fit`")
+    plot.add_argument("--data", metavar="DATA", help="data to overlay: " + DATA_HELP)
+    plot.add_argument("--out", required=True, metavar="PNG",
+                      help="output figure (.png, .pdf or .svg)")
+    plot.add_argument("--kind", choices=["auto", "landscape", "grid", "pairwise", "loss"],
+                      default="auto",
+                      help="what to draw (default auto; loss: the training loss per epoch)")
+    plot.add_argument("-n", "--n-samples", type=_positive(int), default=None, metavar="N",
+                      help="model samples to draw (default 64 for grids, else 1000)")
+    plot.add_argument("--image-shape", type=_image_shape, default=None, metavar="SHAPE",
+                      help="H,W or C,H,W: show rows as images (default: the model's "
+                           "image_shape, if any)")
+    plot.add_argument("--max-features", type=_positive(int), default=4, metavar="K",
+                      help="pairwise projections of the first K features (default 4)")
+    plot.add_argument("--random-state", type=int, default=0, metavar="SEED",
+                      help="seed of the samples (default 0)")
+    plot.add_argument("--dpi", type=_positive(int), default=100, help="resolution (100)")
+    _add_verbose(plot, "sampling")
+    plot.set_defaults(func=_plot)
+
+    demo = sub.add_parser(
+        "demo", formatter_class=raw, help="fit DCD on a 2-D toy and compare with the true NLL",
+        description="Fit DCDEnergyEstimator on a 2-D toy density with a known log-density, "
+                    "print the test NLL of the model and of the truth, and plot the fit.",
+        epilog="example:\n  skdcd demo --dataset two_moons --plot demo.png")
+    demo.add_argument("--dataset", choices=TOY_NAMES, default="eight_gaussians",
+                      help="the toy density (default eight_gaussians)")
+    demo.add_argument("--n-samples", type=_positive(int), default=10000, metavar="N",
+                      help="training rows (default 10000)")
+    demo.add_argument("--n-test", type=_positive(int), default=5000, metavar="N",
+                      help="held-out rows (default 5000)")
+    demo.add_argument("--max-iter", type=_positive(int), default=None, metavar="N",
+                      help="epochs (default: auto)")
+    demo.add_argument("--plot", default="skdcd_demo.png", metavar="PNG",
+                      help="path of the figure (default skdcd_demo.png)")
+    demo.add_argument("--no-plot", dest="plot", action="store_const", const=None,
+                      help="do not plot")
+    _add_verbose(demo, "training and sampling")
     demo.add_argument("--quick", action="store_true",
                       help="small network and cheap evaluation, for a smoke test")
     demo.set_defaults(func=_demo)
     return parser
 
 
+def _one_line_warning(prefix: str) -> Callable[..., None]:
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        print(f"{prefix}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``skdcd`` console script."""
+    """Entry point of the ``skdcd`` console script.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 on an error, 2 on bad usage, 130 when interrupted.
+    """
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    prefix = f"skdcd {args.command}"
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(prefix)
+        try:
+            return args.func(args)
+        except CLIError as exc:
+            message, code = str(exc), exc.code
+        except KeyboardInterrupt:
+            message, code = "interrupted", 130
+        except (ValueError, TypeError, OSError, ImportError, RuntimeError, MemoryError) as exc:
+            message, code = str(exc) or type(exc).__name__, 1
+    print(f"{prefix}: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -94,19 +95,21 @@ def log_partition_quadrature(
 def log_partition_ais(
     energy_fn: EnergyFn, base_mean: torch.Tensor, base_std: torch.Tensor, *,
     n_particles: int = 1024, n_steps: int = 256, step_size: float = 0.1,
-    generator: torch.Generator,
+    generator: torch.Generator, callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[float, float]:
     """``log Z`` by annealed importance sampling from a diagonal Gaussian base.
 
     ``Ẑ = mean(w)`` is unbiased for ``Z``; the reported standard error of ``log Ẑ`` is the
-    delta-method ``std(w) / (sqrt(n) mean(w))``.
+    delta-method ``std(w) / (sqrt(n) mean(w))``. ``callback(k, x)`` is passed on to
+    :func:`~skdcd.samplers.anneal` (progress reporting).
 
     Returns
     -------
     log_z, std_err : float
     """
     result = anneal(energy_fn, base_mean, base_std, n_particles=n_particles, n_steps=n_steps,
-                    step_size=step_size, generator=generator, resample=False)
+                    step_size=step_size, generator=generator, resample=False,
+                    callback=callback)
     w = torch.softmax(result.log_weights.double(), dim=0) * n_particles  # normalised to mean 1
     std_err = float(w.std() / math.sqrt(n_particles))
     return result.log_normalizer, std_err

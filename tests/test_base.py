@@ -211,11 +211,12 @@ def test_divergence_is_caught_and_the_weights_restored(blobs):
     assert all(torch.isfinite(p).all() for p in est.energy_net_.parameters())
 
 
-def test_verbose_prints_progress(blobs, capsys):
+def test_verbose_shows_a_progress_bar_on_stderr_and_quiet_prints_nothing(blobs, capsys):
     DCDEnergyEstimator(**{**FAST, "verbose": 1}).fit(blobs)
-    assert "epoch" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "epoch" in captured.err and "steps/s" in captured.err and captured.out == ""
     DCDEnergyEstimator(**FAST).fit(blobs)
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
 
 
 # ---------------------------------------------------------------- bad input
