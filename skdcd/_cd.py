@@ -62,7 +62,7 @@ class CDEnergyEstimator(BaseEnergyEstimator):
         self, *, n_steps=10, step_size=0.003, persistent=False, buffer_size=10000,
         reinit_prob=0.05,
         hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
-        learning_rate=1e-3, lr_schedule="cosine", batch_size=256, max_iter="auto",
+        learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
         energy_reg=0.1, envelope_std=3.0, standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,

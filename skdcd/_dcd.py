@@ -21,14 +21,16 @@ _PARAMS_DOC = """
         ``n_features -> torch.nn.Module`` building a custom energy network that maps
         ``(n, n_features)`` float32 tensors to ``(n,)`` or ``(n, 1)``. Overrides
         ``hidden_layer_sizes`` and ``activation``.
-    learning_rate : float, default=1e-3
-        Adam learning rate (the peak of the cosine schedule).
+    learning_rate : float, default=1e-2
+        Adam learning rate (the peak of the cosine schedule). With
+        ``lr_schedule="constant"`` (and in ``partial_fit``) a smaller one, e.g. ``1e-3``,
+        is steadier.
     lr_schedule : {"cosine", "constant"}, default="cosine"
         Cosine decay to zero over one call of ``fit``, or constant.
     batch_size : int, default=256
         Minibatch size (capped at the number of samples).
     max_iter : int or "auto", default="auto"
-        Number of epochs. ``"auto"`` picks enough epochs for about 8,000 steps.
+        Number of epochs. ``"auto"`` picks enough epochs for about 2,000 steps.
     energy_reg : float, default={energy_reg}
         Weight ``λ`` of the penalty ``λ (E(x_pos)² + E(x_neg)²)`` that keeps energies
         bounded; without it training can diverge.
@@ -149,7 +151,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         self, *, diffusion="ve", noise_std=0.1, negative_sampler="importance",
         posterior_steps=5, posterior_step_size=0.1, n_proposals=16, resample_proposals=False,
         hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
-        learning_rate=1e-3, lr_schedule="cosine", batch_size=256, max_iter="auto",
+        learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
         energy_reg=0.01, envelope_std=3.0, standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
