@@ -16,6 +16,8 @@ from tqdm import tqdm
 BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
               "[{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]")
 POSTFIX_INTERVAL = 0.2  # seconds between postfix refreshes (formatting is not free)
+# a log file or pipe keeps every redraw of the bar: redraw it rarely there
+NON_TTY_MININTERVAL = 10.0
 
 
 class ProgressBar:
@@ -33,9 +35,11 @@ class ProgressBar:
 
     def __init__(self, total: int, desc: str, verbose: int) -> None:
         self.enabled = bool(verbose)
+        interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
         self._bar = tqdm(total=total, desc=desc, unit=" steps", bar_format=BAR_FORMAT,
                          file=sys.stderr, disable=not self.enabled, dynamic_ncols=True,
-                         leave=True) if self.enabled else None
+                         leave=True, mininterval=0.1 if interactive else NON_TTY_MININTERVAL,
+                         ) if self.enabled else None
         self._last_postfix = -float("inf")
 
     def update(self, n: int = 1, postfix: str | None = None, *, force: bool = False) -> None:
