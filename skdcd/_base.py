@@ -189,6 +189,17 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         -------
         self : object
             The fitted estimator.
+
+        Examples
+        --------
+        >>> from skdcd import DCDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, random_state=0)
+        >>> est.fit(X) is est
+        True
+        >>> est.n_iter_, len(est.loss_curve_), est.n_features_in_
+        (2, 2, 2)
         """
         keep = self.warm_start and hasattr(self, "energy_net_")
         X = self._validate_X(X, reset=not keep)
@@ -219,6 +230,19 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         -------
         self : object
             The updated estimator.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import CDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = CDEnergyEstimator(hidden_layer_sizes=(16,), learning_rate=1e-3,
+        ...                         random_state=0)
+        >>> for batch in np.array_split(X, 4):  # e.g. chunks of a stream
+        ...     est = est.partial_fit(batch)
+        >>> est.n_iter_, len(est.loss_curve_)
+        (4, 4)
         """
         first = not hasattr(self, "energy_net_")
         X = self._validate_X(X, reset=first)
@@ -396,6 +420,16 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         Returns
         -------
         energy : ndarray of shape (n_samples,)
+
+        Examples
+        --------
+        >>> from skdcd import DCDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, random_state=0)
+        >>> E = est.fit(X).energy(X[:4])
+        >>> E.shape, E.dtype
+        ((4,), dtype('float64'))
         """
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
@@ -415,6 +449,20 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         Returns
         -------
         log_density : ndarray of shape (n_samples,)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import CDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = CDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, quadrature_n_grid=64,
+        ...                         random_state=0).fit(X)
+        >>> log_q = est.score_samples(X[:4])
+        >>> log_q.shape
+        (4,)
+        >>> bool(np.allclose(log_q, -est.energy(X[:4]) - est.log_partition_))
+        True
         """
         return -self.energy(X) - self.log_partition_
 
@@ -431,6 +479,18 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         Returns
         -------
         score : float
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import DCDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, quadrature_n_grid=64,
+        ...                          random_state=0).fit(X)
+        >>> score = est.score(X)
+        >>> isinstance(score, float), bool(np.isclose(score, est.score_samples(X).mean()))
+        (True, True)
         """
         return float(np.mean(self.score_samples(X)))
 
@@ -452,6 +512,20 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         Returns
         -------
         X : ndarray of shape (n_samples, n_features)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import CDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = CDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, sample_steps=16,
+        ...                         random_state=0).fit(X)
+        >>> samples = est.sample(5, random_state=0)
+        >>> samples.shape
+        (5, 2)
+        >>> bool(np.array_equal(samples, est.sample(5, random_state=0)))  # seeded: reproducible
+        True
         """
         check_is_fitted(self)
         if (not isinstance(n_samples, Integral) or isinstance(n_samples, bool)
@@ -500,6 +574,20 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         Returns
         -------
         X_denoised : ndarray of shape (n_samples, n_features)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import DCDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, sample_steps=16,
+        ...                          random_state=0).fit(X)
+        >>> noisy = X[:5] + 0.1 * np.random.default_rng(0).standard_normal((5, 2))
+        >>> est.denoise(noisy, noise_std=0.1, random_state=0).shape
+        (5, 2)
+        >>> est.denoise(noisy, noise_std=0.1, method="map").shape
+        (5, 2)
         """
         check_is_fitted(self)
         if method not in ("posterior_mean", "map"):

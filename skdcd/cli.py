@@ -43,7 +43,14 @@ Run `skdcd COMMAND --help` for the options of a command."""
 
 
 class CLIError(Exception):
-    """A failure to report as one line on stderr, with exit status ``code``."""
+    """A failure to report as one line on stderr, with exit status ``code``.
+
+    Examples
+    --------
+    >>> error = CLIError("--out expects a file name", code=2)
+    >>> str(error), error.code
+    ('--out expects a file name', 2)
+    """
 
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
@@ -114,6 +121,20 @@ def read_data(path: str) -> np.ndarray:
     -------
     X : ndarray of shape (n_samples, n_features)
         The data.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = str(Path(tmp) / "data.csv")
+    ...     np.savetxt(path, [[1.0, 2.0], [3.0, 4.5]], delimiter=",", header="x0,x1",
+    ...                comments="")
+    ...     X = read_data(path)  # the header row is skipped
+    >>> X
+    array([[1. , 2. ],
+           [3. , 4.5]])
     """
     p = Path(path)
     if not p.exists():
@@ -199,6 +220,23 @@ def load_model(path: str) -> Any:
     -------
     estimator : fitted DCDEnergyEstimator or CDEnergyEstimator
         The model.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import joblib
+    >>> import numpy as np
+    >>> from skdcd import CDEnergyEstimator
+    >>> from skdcd.datasets import make_toy
+    >>> X = make_toy("two_moons", 200, random_state=0)
+    >>> est = CDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, random_state=0).fit(X)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = str(Path(tmp) / "model.joblib")
+    ...     _ = joblib.dump(est, path)
+    ...     model = load_model(path)
+    >>> type(model).__name__, bool(np.allclose(model.energy(X[:3]), est.energy(X[:3])))
+    ('CDEnergyEstimator', True)
     """
     import joblib
     from sklearn.utils.validation import check_is_fitted
@@ -244,6 +282,13 @@ def parse_value(text: str) -> Any:
     -------
     value : object
         The parsed value.
+
+    Examples
+    --------
+    >>> parse_value("(64, 64)")
+    (64, 64)
+    >>> parse_value("3e-3"), parse_value("true"), parse_value("None"), parse_value("vp")
+    (0.003, True, None, 'vp')
     """
     text = text.strip()
     if text.lower() in LITERALS:
@@ -268,6 +313,18 @@ def parse_params(pairs: Sequence[str], estimator_cls: type) -> dict[str, Any]:
     -------
     params : dict
         Parameter values, parsed by :func:`parse_value`.
+
+    Examples
+    --------
+    >>> from skdcd import DCDEnergyEstimator
+    >>> parse_params(["max_iter=50", "hidden_layer_sizes=(64, 64)", "diffusion=vp"],
+    ...              DCDEnergyEstimator)
+    {'max_iter': 50, 'hidden_layer_sizes': (64, 64), 'diffusion': 'vp'}
+    >>> try:
+    ...     parse_params(["max_itr=50"], DCDEnergyEstimator)
+    ... except CLIError as error:  # unknown name: bad usage
+    ...     print(error.code)
+    2
     """
     valid = sorted(estimator_cls().get_params(deep=False))
     params: dict[str, Any] = {}
@@ -485,6 +542,15 @@ def build_parser() -> argparse.ArgumentParser:
     -------
     parser : argparse.ArgumentParser
         The parser, one sub-command per action.
+
+    Examples
+    --------
+    >>> parser = build_parser()
+    >>> parser.prog
+    'skdcd'
+    >>> args = parser.parse_args(["sample", "model.joblib", "-n", "8", "--out", "s.npy"])
+    >>> args.command, args.model, args.n_samples, args.out
+    ('sample', 'model.joblib', 8, 's.npy')
     """
     from skdcd import __version__
     from skdcd.datasets import TOY_NAMES
@@ -644,6 +710,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     status : int
         0 on success, 1 on an error, 2 on bad usage, 130 when interrupted.
+
+    Examples
+    --------
+    Fit a small model to a data file, then sample from it (the commands' messages on
+    stdout are discarded here):
+
+    >>> import contextlib, io, tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from skdcd.datasets import make_toy
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     data, model, out = (str(Path(tmp) / f) for f in ("X.npy", "m.joblib", "S.npy"))
+    ...     np.save(data, make_toy("two_moons", 200, random_state=0))
+    ...     params = ["max_iter=2", "hidden_layer_sizes=(16,)", "quadrature_n_grid=64",
+    ...               "sample_steps=16", "random_state=0"]
+    ...     with contextlib.redirect_stdout(io.StringIO()):
+    ...         fit_status = main(["fit", data, "--estimator", "cd", "--out", model,
+    ...                            "--verbose", "0", *(f"--param={p}" for p in params)])
+    ...         sample_status = main(["sample", model, "-n", "4", "--random-state", "0",
+    ...                               "--out", out, "--verbose", "0"])
+    ...     samples = np.load(out)
+    >>> fit_status, sample_status, samples.shape
+    (0, 0, (4, 2))
     """
     args = build_parser().parse_args(argv)
     prefix = f"skdcd {args.command}"

@@ -53,7 +53,17 @@ class MLPEnergy(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Energy of each row of ``x`` (shape ``(n, d)``), returned with shape ``(n,)``."""
+        """Energy of each row of ``x`` (shape ``(n, d)``), returned with shape ``(n,)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> net = MLPEnergy(3, (16,))
+        >>> x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+        >>> energy = net(x)  # calls forward
+        >>> energy.shape, energy.dtype
+        (torch.Size([5]), torch.float32)
+        """
         return self.net(x).squeeze(-1)
 
 
@@ -70,6 +80,17 @@ class EnvelopedEnergy(nn.Module):
         Maps ``(n, d)`` to ``(n,)`` or ``(n, 1)``.
     envelope_std : float or None
         ``τ``; ``None`` disables the envelope.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> class Zero(nn.Module):
+    ...     def forward(self, x):
+    ...         return torch.zeros(len(x), 1)
+    >>> energy = EnvelopedEnergy(Zero(), envelope_std=2.0)
+    >>> energy(torch.tensor([[0.0, 0.0], [2.0, 0.0], [2.0, 2.0]]))  # ‖x‖² / (2 · 2²)
+    tensor([0.0000, 0.5000, 1.0000])
     """
 
     def __init__(self, net: nn.Module, envelope_std: float | None) -> None:
@@ -78,7 +99,21 @@ class EnvelopedEnergy(nn.Module):
         self.envelope_std = envelope_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Energy of each row of ``x``, shape ``(n,)``."""
+        """Energy of each row of ``x``, shape ``(n,)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> net = MLPEnergy(2, (16,))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+        >>> energy = EnvelopedEnergy(net, envelope_std=3.0)(x)
+        >>> energy.shape
+        torch.Size([4])
+        >>> bool(torch.allclose(energy, net(x) + x.pow(2).sum(dim=1) / 18))
+        True
+        >>> bool(torch.equal(EnvelopedEnergy(net, envelope_std=None)(x), net(x)))
+        True
+        """
         energy = self.net(x)
         if energy.ndim == 2 and energy.shape[1] == 1:
             energy = energy.squeeze(1)

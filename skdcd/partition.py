@@ -106,6 +106,17 @@ def log_partition_ais(
     Returns
     -------
     log_z, std_err : float
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> energy_fn = lambda x: 0.5 * x.pow(2).sum(dim=1)  # Z = 2π in two dimensions
+    >>> log_z, std_err = log_partition_ais(
+    ...     energy_fn, torch.zeros(2, dtype=torch.float64),
+    ...     torch.full((2,), 1.5, dtype=torch.float64), n_particles=64, n_steps=16,
+    ...     generator=torch.Generator().manual_seed(0))
+    >>> abs(log_z - math.log(2 * math.pi)) < 0.2, 0 < std_err < 0.2
+    (True, True)
     """
     result = anneal(energy_fn, base_mean, base_std, n_particles=n_particles, n_steps=n_steps,
                     step_size=step_size, generator=generator, resample=False,
