@@ -61,7 +61,8 @@ def _merge_experiments(old: dict, new: dict) -> dict:
     """Replace the rows of the newly run density experiments, keep the others."""
     ran = set(new["settings"]["experiments"])
     kept = [r for r in old["rows"] if r["experiment"] not in ran]
-    runs = {**old.get("runs", {}), **{e: new["meta"] for e in ran}}
+    earlier = old.get("runs") or {e: old["meta"] for e in old["settings"]["experiments"]}
+    runs = {**earlier, **{e: new["meta"] for e in ran}}
     experiments = sorted(ran | {r["experiment"] for r in kept})
     settings = {**new["settings"], "experiments": experiments}
     return {**new, "settings": settings, "rows": kept + new["rows"], "runs": runs}

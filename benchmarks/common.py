@@ -21,10 +21,24 @@ def meta() -> dict:
 
     import skdcd
 
-    return dict(skdcd=skdcd.__version__, torch=torch.__version__, sklearn=sklearn.__version__,
-                numpy=np.__version__, python=platform.python_version(),
-                machine=platform.machine(), cpu_count=os.cpu_count(),
-                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    return dict(skdcd=skdcd.__version__, commit=_commit(), torch=torch.__version__,
+                sklearn=sklearn.__version__, numpy=np.__version__,
+                python=platform.python_version(), machine=platform.machine(),
+                cpu_count=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+
+
+def _commit() -> str:
+    """The checkout's commit (``+dirty`` when the package has uncommitted changes)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "skdcd"], cwd=HERE,
+                               text=True, capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def _one_thread_call(fn: Callable, kwargs: dict):

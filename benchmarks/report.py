@@ -112,9 +112,11 @@ def write_report(out: Path) -> Path:
         m = next(iter(results.values()))["meta"]
         lines += [f"Machine: {m['cpu_count']} CPU cores ({m['machine']}), Python {m['python']}, "
                   f"torch {m['torch']}, scikit-learn {m['sklearn']}, skdcd {m['skdcd']}.", ""]
-        lines += ["| section | run at | seconds | quick |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['meta']['date']} | {v['meta']['section_seconds']:.0f} | "
-                  f"{v['meta']['quick']} |" for k, v in results.items()]
+        lines += ["| section | run at | commit | seconds | quick |", "|---|---|---|---|---|"]
+        for k, v in results.items():
+            for part, m in (v.get("runs") or {"": v["meta"]}).items():
+                lines.append(f"| {k} {part} | {m['date']} | {m.get('commit', '?')} | "
+                             f"{m['section_seconds']:.0f} | {m['quick']} |")
         lines.append("")
     missing = [s for s in SECTIONS if s not in results]
     if missing:

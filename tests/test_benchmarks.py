@@ -25,6 +25,7 @@ def test_merge_replaces_only_the_rerun_experiments():
         ("curve", 2), ("variants", 1)]
     assert merged["settings"]["experiments"] == ["curve", "variants"]
     assert merged["runs"]["curve"]["date"] == "b"
+    assert merged["runs"]["variants"]["date"] == "a"  # the earlier run keeps its metadata
 
 
 def _row(toy, method, gap, seconds, experiment="default", seed=0, **extra):
