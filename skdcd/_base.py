@@ -66,6 +66,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "energy_reg": [Interval(Real, 0, None, closed="left")],
         "envelope_std": [Interval(Real, 0, None, closed="neither"), None],
+        "clip_margin": [Interval(Real, 0, None, closed="left"), None],
         "standardize": ["boolean"],
         "log_partition": [StrOptions({"auto", "quadrature", "ais"})],
         "quadrature_n_grid": [Interval(Integral, 8, None, closed="left")],
@@ -82,7 +83,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
     def __init__(
         self, *, hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
-        energy_reg=0.01, envelope_std=3.0, standardize=True, log_partition="auto",
+        energy_reg=0.01, envelope_std=3.0, clip_margin=1.0, standardize=True,
+        log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
     ):
@@ -95,6 +97,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         self.max_iter = max_iter
         self.energy_reg = energy_reg
         self.envelope_std = envelope_std
+        self.clip_margin = clip_margin
         self.standardize = standardize
         self.log_partition = log_partition
         self.quadrature_n_grid = quadrature_n_grid
@@ -289,6 +292,9 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         Z_np = self._standardize(X)
         self._z_low = np.minimum(self._z_low, Z_np.min(axis=0))
         self._z_high = np.maximum(self._z_high, Z_np.max(axis=0))
+        if self.clip_margin is not None:  # the box widens with what partial_fit sees
+            self.energy_net_.set_bounds(self._z_low - self.clip_margin,
+                                        self._z_high + self.clip_margin)
         Z = torch.as_tensor(Z_np, dtype=torch.float32, device=device)  # (n, d)
         n = Z.shape[0]
         batch_size = min(self.batch_size, n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -70,9 +71,12 @@ class MLPEnergy(nn.Module):
 class EnvelopedEnergy(nn.Module):
     """Energy network plus a Gaussian envelope that keeps ``exp(-E)`` integrable.
 
-    ``E(x) = f(x) + ‖x‖² / (2 τ²)``. A bounded-below network ``f`` alone need not give a
-    normalisable density; the envelope guarantees it whenever ``f`` grows slower than
-    quadratically, which a network with linear-growth activations does.
+    ``E(x) = f(clip(x)) + ‖x‖² / (2 τ²)``. A bounded-below network ``f`` alone need not give
+    a normalisable density; the envelope guarantees it whenever ``f`` grows slower than
+    quadratically, which a network with linear-growth activations does. That alone still
+    lets ``f`` fall linearly far from the data, where no negative sample ever looks, into a
+    spurious mode that can hold almost all of the mass; clipping the network's input to a box
+    around the data (:meth:`set_bounds`) leaves only the envelope to vary out there.
 
     Parameters
     ----------
@@ -97,6 +101,30 @@ class EnvelopedEnergy(nn.Module):
         super().__init__()
         self.net = net
         self.envelope_std = envelope_std
+        # the network sees x clipped to [low, high] (no-op until set_bounds); beyond the box
+        # only the envelope varies, so the energy cannot keep falling far from the data
+        self.register_buffer("low", torch.tensor(-math.inf))
+        self.register_buffer("high", torch.tensor(math.inf))
+
+    def set_bounds(self, low, high) -> None:
+        """Clip the network's inputs to the box ``[low, high]`` (per feature).
+
+        Parameters
+        ----------
+        low, high : array-like of shape (n_features,)
+            Box corners; ``±inf`` leaves a feature unclipped.
+
+        Examples
+        --------
+        >>> import torch
+        >>> energy = EnvelopedEnergy(MLPEnergy(1, (8,)), envelope_std=None)
+        >>> energy.set_bounds([-1.0], [1.0])
+        >>> far = torch.tensor([[1.0], [5.0], [50.0]])
+        >>> bool(torch.allclose(energy(far), energy(far[:1]).expand(3)))
+        True
+        """
+        self.low = torch.as_tensor(low, dtype=self.low.dtype, device=self.low.device).clone()
+        self.high = torch.as_tensor(high, dtype=self.high.dtype, device=self.high.device).clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Energy of each row of ``x``, shape ``(n,)``.
@@ -114,7 +142,7 @@ class EnvelopedEnergy(nn.Module):
         >>> bool(torch.equal(EnvelopedEnergy(net, envelope_std=None)(x), net(x)))
         True
         """
-        energy = self.net(x)
+        energy = self.net(torch.clamp(x, self.low.to(x.dtype), self.high.to(x.dtype)))
         if energy.ndim == 2 and energy.shape[1] == 1:
             energy = energy.squeeze(1)
         if energy.shape != x.shape[:1]:

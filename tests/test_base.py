@@ -349,3 +349,46 @@ def test_any_non_finite_entry_is_rejected_by_every_method(fitted_dcd, n, row, co
                    lambda Z: fitted_dcd.denoise(Z, 0.1)):
         with pytest.raises(ValueError, match="NaN|infinity"):
             method(X)
+
+
+class _FallingLine(torch.nn.Module):
+    """``f(z) = -5 z``: falls forever, the shape of the spurious far modes seen in practice."""
+
+    def __init__(self, n_features):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(-5.0))
+
+    def forward(self, x):
+        return self.w * x[:, 0]
+
+
+def _frozen_line(clip_margin):
+    X = np.random.default_rng(0).standard_normal((500, 1))
+    return DCDEnergyEstimator(energy_net=_FallingLine, learning_rate=1e-12, max_iter=1,
+                              clip_margin=clip_margin, random_state=0).fit(X)
+
+
+def test_clipping_stops_a_far_spurious_mode_from_taking_the_mass():
+    from scipy.integrate import quad
+
+    est = _frozen_line(1.0)
+    low, high = float(est.energy_net_.low[0]), float(est.energy_net_.high[0])
+
+    def density(t):  # exp(-E) with the network frozen at the box edges beyond them
+        return np.exp(5.0 * np.clip(t, low, high) - t * t / 18.0)
+
+    exact = np.log(sum(quad(density, a, b, limit=200)[0]
+                       for a, b in [(-60, low), (low, high), (high, 60)]))
+    # midpoint rule on a 512-point grid across the kinks at the box edges: ~3e-4
+    assert est.log_partition_ - np.log(est.scale_[0]) == pytest.approx(exact, abs=1e-3)
+    # unclipped, the same line puts its mode at z = 45, e^100 times heavier than the data's
+    unclipped = _frozen_line(None)
+    assert unclipped.log_partition_ > est.log_partition_ + 50
+
+
+def test_partial_fit_widens_the_clipping_box():
+    rng = np.random.default_rng(0)
+    est = DCDEnergyEstimator(**FAST).partial_fit(rng.standard_normal((200, 2)))
+    high = est.energy_net_.high.clone()
+    est.partial_fit(rng.standard_normal((200, 2)) + 10.0)
+    assert torch.all(est.energy_net_.high > high + 5)

@@ -22,3 +22,17 @@ def test_envelope_adds_a_quadratic():
 def test_envelope_rejects_bad_output_shapes():
     with pytest.raises(ValueError, match="energy network must map"):
         EnvelopedEnergy(torch.nn.Linear(2, 2), 1.0)(torch.zeros(3, 2))
+
+
+def test_bounds_clip_only_the_network_input():
+    torch.manual_seed(0)
+    net = MLPEnergy(2, (16,))
+    energy = EnvelopedEnergy(net, envelope_std=2.0)
+    energy.set_bounds([-1.0, -2.0], [1.0, 2.0])
+    inside = torch.tensor([[0.3, -1.5], [-0.9, 1.9]])
+    assert torch.allclose(energy(inside), net(inside).reshape(-1) + inside.pow(2).sum(1) / 8)
+    far = torch.tensor([[7.0, -9.0]])
+    corner = torch.tensor([[1.0, -2.0]])
+    # out there the network is frozen at the box corner and only the envelope moves
+    assert torch.allclose(energy(far), net(corner).reshape(-1) + far.pow(2).sum(1) / 8)
+    assert torch.equal(EnvelopedEnergy(net, None)(far), net(far).reshape(-1))  # default: none
