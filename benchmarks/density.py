@@ -232,8 +232,14 @@ def report(result: dict, fig_dir: Path) -> str:
         present = [m for m in METHODS if _select(merged, method=m)]
         out += ["### Every method", "",
                 "Each negative sampler and diffusion of DCD, CD-1, CD-10 and persistent CD-10, "
-                f"all other parameters at their defaults (the same step budget), seed {seed}.",
-                "", md_table(["toy", *present], _gap_table(merged, toys, present, "variants")),
+                f"all other parameters at their defaults (the same step budget), seed {seed}."]
+        runs = result.get("runs", {})
+        commits = {e: runs.get(e, {}).get("commit") for e in ("variants", "default")}
+        if commits["variants"] != commits["default"]:
+            out.append(f"**Mixed code versions:** the variants ran at commit {commits['variants']}"
+                       f", the `{HEADLINE[0]}` and `{HEADLINE[1]}` columns (from the defaults "
+                       f"experiment) at {commits['default']}.")
+        out += ["", md_table(["toy", *present], _gap_table(merged, toys, present, "variants")),
                 ""]
     errors = [r for r in rows if r.get("error")]
     if errors:
