@@ -535,6 +535,11 @@ def _add_verbose(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"1 (default): progress bars on stderr during {what}; 0: silent")
 
 
+def _add_array_out(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="output file; the format follows the suffix: .npy, .csv or .tsv")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``skdcd`` command.
 
@@ -611,8 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("model", metavar="MODEL", help="a model written by `skdcd fit`")
     sample.add_argument("-n", "--n-samples", type=_positive(int), default=64, metavar="N",
                         help="number of samples (default 64)")
-    sample.add_argument("--out", required=True, metavar="FILE",
-                        help="output file; the format follows the suffix: .npy, .csv or .tsv")
+    _add_array_out(sample)
     sample.add_argument("--random-state", type=int, default=None, metavar="SEED",
                         help="seed for reproducible samples (default: fresh randomness)")
     _add_verbose(sample, "sampling")
@@ -630,8 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--method", choices=["posterior_mean", "map"],
                          default="posterior_mean",
                          help="posterior mean (MMSE, default) or mode (MAP)")
-    denoise.add_argument("--out", required=True, metavar="FILE",
-                         help="output file; the format follows the suffix: .npy, .csv or .tsv")
+    _add_array_out(denoise)
     denoise.add_argument("--random-state", type=int, default=None, metavar="SEED",
                          help="seed of the MCMC chain of posterior_mean")
     _add_verbose(denoise, "long computations")
