@@ -5,9 +5,11 @@ unnormalised density ``q(x) ∝ exp(-E(x))`` whose energy ``E`` is a PyTorch net
 offer ``fit``, ``score_samples``, ``score``, ``sample`` and ``denoise``.
 """
 
-from skdcd._cd import CDEnergyEstimator
-from skdcd._dcd import DCDEnergyEstimator
+__version__ = "0.1.0"  # before the imports: the estimators record it in saved models
 
-__version__ = "0.1.0"
+from skdcd._base import InconsistentVersionWarning  # noqa: E402
+from skdcd._cd import CDEnergyEstimator  # noqa: E402
+from skdcd._dcd import DCDEnergyEstimator  # noqa: E402
 
-__all__ = ["CDEnergyEstimator", "DCDEnergyEstimator", "__version__"]
+__all__ = ["CDEnergyEstimator", "DCDEnergyEstimator", "InconsistentVersionWarning",
+           "__version__"]

@@ -11,10 +11,14 @@ runs in standardised coordinates ``z = (x - mean_) / scale_``; public methods co
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import os
+import tempfile
 import warnings
 from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,16 +29,29 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skdcd import partition, samplers
+from skdcd import __version__, partition, samplers
 from skdcd._progress import ProgressBar, anneal_callback
 from skdcd.networks import ACTIVATIONS, EnvelopedEnergy, MLPEnergy
 
 # optimisation steps that max_iter="auto" aims for; with learning_rate=1e-2 (cosine) 2,000
 # steps matched or beat 8,000 at 1e-3 on the 2-D toys (benchmarks/RESULTS.md)
 STEPS_PER_FIT = 2000
-EVAL_BATCH = 65536
+# rows per chunk of the inference methods, so that memory stays flat in the number of rows:
+# without autograd (energies, quadrature) and with it (sampling, denoising)
+EVAL_BATCH = 16384
+GRAD_BATCH = 4096
 
 logger = logging.getLogger("skdcd")
+
+WEIGHTS_FORMAT = "skdcd-weights"
+WEIGHTS_FORMAT_VERSION = 1
+
+
+class InconsistentVersionWarning(UserWarning):
+    """A model saved by one version of skdcd is loaded by another.
+
+    Its results may differ or be wrong; refit it with the running version when you can.
+    """
 
 
 def _seeded_generator(entropy: tuple[int, ...], device: torch.device) -> torch.Generator:
@@ -65,6 +82,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "energy_reg": [Interval(Real, 0, None, closed="left")],
+        "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
         "envelope_std": [Interval(Real, 0, None, closed="neither"), None],
         "clip_margin": [Interval(Real, 0, None, closed="left"), None],
         "standardize": ["boolean"],
@@ -83,8 +101,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
     def __init__(
         self, *, hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
-        energy_reg=0.01, envelope_std=3.0, clip_margin=1.0, standardize=True,
-        log_partition="auto",
+        energy_reg=0.01, max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,
+        standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
     ):
@@ -96,6 +114,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_iter = max_iter
         self.energy_reg = energy_reg
+        self.max_grad_norm = max_grad_norm
         self.envelope_std = envelope_std
         self.clip_margin = clip_margin
         self.standardize = standardize
@@ -109,6 +128,148 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+
+    # fitted state beyond the energy network and the optimizer, saved by :meth:`save`
+    _ARRAY_STATE = ("mean_", "scale_", "_z_low", "_z_high", "_base_mean", "_base_std")
+    _SCALAR_STATE = ("n_features_in_", "n_iter_", "t_", "_seed", "loss_curve_")
+    _TENSOR_STATE: tuple[str, ...] = ()  # subclass state that is a tensor or None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_skdcd_version"] = __version__
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        _warn_if_other_version(type(self).__name__, state.pop("_skdcd_version", "unknown"))
+        super().__setstate__(state)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the fitted model as tensors and JSON, loadable without unpickling code.
+
+        Unlike pickle or joblib, which can run arbitrary code when a file is loaded,
+        the file holds only tensors, numbers and strings, and :meth:`load` reads it with
+        ``torch.load(..., weights_only=True)``. A custom ``energy_net`` factory is not saved:
+        pass it again to :meth:`load`. A non-integer ``random_state`` is saved as ``None``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            File to write (conventionally ``.pt``); replaced atomically.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import DCDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, random_state=0)
+        >>> est = est.fit(X)
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "model.pt")
+        >>> est.save(path)
+        >>> again = DCDEnergyEstimator.load(path)
+        >>> bool(np.array_equal(again.energy(X), est.energy(X)))
+        True
+        """
+        check_is_fitted(self)
+        params = self.get_params(deep=False)
+        params["energy_net"] = None if self.energy_net is None else "custom"
+        if not isinstance(params["random_state"], Integral | None):
+            params["random_state"] = None
+        params["device"] = str(params["device"])
+        payload = {
+            "format": WEIGHTS_FORMAT, "format_version": WEIGHTS_FORMAT_VERSION,
+            "skdcd_version": __version__, "estimator": type(self).__name__,
+            "params": json.dumps(_to_json(params)),
+            "energy_net": self.energy_net_.state_dict(),
+            "optimizer": self._optimizer_state,
+            "arrays": {k: torch.from_numpy(np.asarray(getattr(self, k), dtype=np.float64))
+                       for k in self._ARRAY_STATE},
+            "scalars": json.dumps({k: _to_json(getattr(self, k)) for k in self._SCALAR_STATE}),
+            "tensors": {k: getattr(self, k) for k in self._TENSOR_STATE},
+            "feature_names_in": (list(map(str, self.feature_names_in_))
+                                 if hasattr(self, "feature_names_in_") else None),
+            "cache": {k: float(v) for k, v in self._cache.items()},
+        }
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, energy_net=None):
+        """Load a model written by :meth:`save`, without unpickling arbitrary objects.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by :meth:`save` for this estimator class.
+        energy_net : callable or None, default=None
+            The ``energy_net`` factory the model was fitted with, when it had a custom one.
+
+        Returns
+        -------
+        estimator : object
+            The fitted estimator, equal in results to the saved one.
+
+        Examples
+        --------
+        See :meth:`save`.
+        """
+        try:
+            with warnings.catch_warnings():  # torch's note on foreign pickle protocols
+                warnings.filterwarnings("ignore", message=".*pickle protocol",
+                                        category=UserWarning)
+                payload = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError:  # a missing or unreadable file says so itself
+            raise
+        except Exception as exc:  # an unpickling error, a zip error, ...: not our format
+            raise ValueError(
+                f"{os.fspath(path)!r} is not a file written by {cls.__name__}.save "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})."
+            ) from exc
+        if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
+            raise ValueError(f"{os.fspath(path)!r} is not a file written by "
+                             f"{cls.__name__}.save.")
+        if payload["format_version"] > WEIGHTS_FORMAT_VERSION:
+            raise ValueError(
+                f"{os.fspath(path)!r} uses format version {payload['format_version']}; this "
+                f"skdcd ({__version__}) reads up to {WEIGHTS_FORMAT_VERSION}. Upgrade skdcd.")
+        if payload["estimator"] != cls.__name__:
+            raise ValueError(f"{os.fspath(path)!r} holds a {payload['estimator']}; load it "
+                             f"with {payload['estimator']}.load.")
+        _warn_if_other_version(cls.__name__, payload["skdcd_version"])
+        params = _from_json(json.loads(payload["params"]))
+        if params["energy_net"] == "custom" and energy_net is None:
+            raise ValueError("This model was fitted with a custom energy_net; pass the same "
+                             "factory as load(path, energy_net=...).")
+        params["energy_net"] = energy_net if params["energy_net"] == "custom" else None
+        est = cls(**params)
+        for k, v in json.loads(payload["scalars"]).items():
+            setattr(est, k, v)
+        for k, v in payload["arrays"].items():
+            setattr(est, k, v.numpy())
+        for k, v in payload["tensors"].items():
+            setattr(est, k, v)
+        if payload["feature_names_in"] is not None:
+            est.feature_names_in_ = np.asarray(payload["feature_names_in"], dtype=object)
+        net = est._build_energy_net(est.n_features_in_)
+        state = payload["energy_net"]
+        net.set_bounds(state["low"], state["high"])  # sizes the clipping box's buffers
+        net.load_state_dict(state)
+        est.energy_net_ = net.eval()
+        est._optimizer_state = payload["optimizer"]
+        est._cache = dict(payload["cache"])
+        return est
+
+    def __sklearn_is_fitted__(self) -> bool:
+        # a fit that diverges before its first epoch leaves mean_ etc. but no energy
+        return hasattr(self, "energy_net_")
 
     # ------------------------------------------------------------------ subclass hooks
     def _negatives(self, energy_fn, x_pos: torch.Tensor,
@@ -271,13 +432,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         # state is untouched and the weights depend on random_state alone
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._seed)
-            net = (self.energy_net(n_features) if self.energy_net is not None
-                   else MLPEnergy(n_features, tuple(self.hidden_layer_sizes), self.activation))
-        if not isinstance(net, torch.nn.Module):
-            raise TypeError(
-                f"energy_net must return a torch.nn.Module, got {type(net).__name__}."
-            )
-        self.energy_net_ = EnvelopedEnergy(net.float(), self.envelope_std)
+            self.energy_net_ = self._build_energy_net(n_features)
         self._optimizer_state = None
         self._z_low, self._z_high = np.full(n_features, np.inf), np.full(n_features, -np.inf)
         self._base_mean, self._base_std = Z.mean(axis=0), np.maximum(Z.std(axis=0), 1e-3)
@@ -286,6 +441,15 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         self.n_iter_ = 0
         self.t_ = 0
         self._init_extra_state()
+
+    def _build_energy_net(self, n_features: int) -> EnvelopedEnergy:
+        net = (self.energy_net(n_features) if self.energy_net is not None
+               else MLPEnergy(n_features, tuple(self.hidden_layer_sizes), self.activation))
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(
+                f"energy_net must return a torch.nn.Module, got {type(net).__name__}."
+            )
+        return EnvelopedEnergy(net.float(), self.envelope_std)
 
     def _train(self, X: np.ndarray, n_epochs: int, *, cosine: bool) -> None:
         device = self._fit_device()
@@ -308,9 +472,12 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             optimizer.load_state_dict(self._optimizer_state)
         self._cache.clear()
         bar = ProgressBar(total_steps, f"{type(self).__name__} fit", self.verbose)
+        diverged = False
         try:
             for epoch in range(n_epochs):
-                snapshot = copy.deepcopy(net.state_dict())
+                # the last state known to be finite: divergence rolls back to it
+                snapshot = (copy.deepcopy(net.state_dict()),
+                            copy.deepcopy(optimizer.state_dict()), self.t_)
                 epoch_loss = 0.0
                 perm = torch.randperm(n, generator=generator, device=device)
                 for b in range(n_batches):
@@ -325,22 +492,26 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                     loss = (e_pos.mean() - neg_mean
                             + self.energy_reg * (e_pos.pow(2).mean() + neg_sq))
                     loss_value = float(loss.detach())
-                    if not math.isfinite(loss_value):
-                        net.load_state_dict(snapshot)
-                        warnings.warn(
-                            f"Training diverged (non-finite loss) in epoch {self.n_iter_ + 1}; "
-                            "stopped and restored the weights from the start of that epoch. "
-                            "Try a larger energy_reg or a smaller learning_rate.",
-                            ConvergenceWarning, stacklevel=3,
-                        )
-                        return
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    diverged = not math.isfinite(loss_value)
+                    if not diverged:
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        grad_norm = torch.nn.utils.clip_grad_norm_(
+                            net.parameters(),
+                            math.inf if self.max_grad_norm is None else self.max_grad_norm)
+                        diverged = not math.isfinite(float(grad_norm))
+                    if diverged:
+                        net.load_state_dict(snapshot[0])
+                        optimizer.load_state_dict(snapshot[1])
+                        self.t_ = snapshot[2]
+                        break
                     optimizer.step()
                     epoch_loss += loss_value
                     self.t_ += 1
                     bar.update(1, f"epoch {self.n_iter_ + 1}, loss {epoch_loss / (b + 1):.4g}",
                                force=b == n_batches - 1)
+                if diverged:
+                    break
                 self.loss_curve_.append(epoch_loss / n_batches)
                 self.n_iter_ += 1
                 logger.debug("%s epoch %d loss %.5f", type(self).__name__, self.n_iter_,
@@ -350,6 +521,26 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             # keep everything that is pickled on the CPU, so a CUDA-fitted model loads anywhere
             self._optimizer_state = _to_cpu(optimizer.state_dict())
             self.energy_net_ = net.to("cpu").eval()
+        if diverged:
+            self._on_divergence()
+
+    def _on_divergence(self) -> None:
+        """The documented divergence rule (see ``max_grad_norm`` in the class docstring)."""
+        where = f"epoch {self.n_iter_ + 1}"
+        advice = ("Try a smaller learning_rate, a larger energy_reg or max_grad_norm "
+                  "(e.g. 10).")
+        if self.n_iter_ == 0:
+            # nothing was ever learnt: a model at its random initialisation would score
+            # and sample as if fitted, so it is discarded instead
+            del self.energy_net_
+            raise ValueError(
+                f"Training diverged (non-finite loss or gradient) in {where}, before any "
+                f"epoch completed; the estimator is left unfitted. {advice}")
+        warnings.warn(
+            f"Training diverged (non-finite loss or gradient) in {where}; stopped and "
+            f"restored the weights and optimizer state from the start of that epoch. {advice}",
+            ConvergenceWarning, stacklevel=4,
+        )
 
     # ------------------------------------------------------------------ evaluation helpers
     def _energy_module(self, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
@@ -382,7 +573,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             margin = 0.5 * span + 1.0
             log_z, _ = partition.log_partition_quadrature(
                 net, self._z_low - margin, self._z_high + margin,
-                n_grid=self.quadrature_n_grid, device=device)
+                n_grid=self.quadrature_n_grid, device=device, batch_size=EVAL_BATCH)
             std_err = 0.0
         else:
             with ProgressBar(self.ais_n_steps, f"{type(self).__name__} log Z (AIS)",
@@ -540,24 +731,32 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         device = self._runtime_device()
         generator = _generator_from_random_state(random_state, device)
         net = self._energy_module(torch.float32, device)
-        n_particles = max(int(n_samples), 1024)
-        with ProgressBar(self.sample_steps, f"{type(self).__name__} sample",
+        # independent SMC runs of at most GRAD_BATCH particles keep memory flat in n_samples
+        sizes = [min(GRAD_BATCH, n_samples - i) for i in range(0, n_samples, GRAD_BATCH)]
+        with ProgressBar(self.sample_steps * len(sizes), f"{type(self).__name__} sample",
                          self.verbose) as bar:
-            result = samplers.anneal(
-                net, torch.as_tensor(self._base_mean, dtype=torch.float32, device=device),
-                torch.as_tensor(1.5 * self._base_std, dtype=torch.float32, device=device),
-                n_particles=n_particles, n_steps=self.sample_steps,
-                step_size=self.sample_step_size, generator=generator, resample=True,
-                callback=anneal_callback(bar),
-            )
+            chunks = [self._smc_sample(net, size, generator, anneal_callback(bar))
+                      for size in sizes]
+        return torch.cat(chunks).double().cpu().numpy() * self.scale_ + self.mean_
+
+    def _smc_sample(self, net, n_samples: int, generator: torch.Generator,
+                    callback) -> torch.Tensor:
+        device = generator.device
+        n_particles = max(n_samples, 1024)
+        result = samplers.anneal(
+            net, torch.as_tensor(self._base_mean, dtype=torch.float32, device=device),
+            torch.as_tensor(1.5 * self._base_std, dtype=torch.float32, device=device),
+            n_particles=n_particles, n_steps=self.sample_steps,
+            step_size=self.sample_step_size, generator=generator, resample=True,
+            callback=callback,
+        )
         x = result.x[samplers.systematic_resample(result.log_weights, generator)]
         # systematic resampling orders particles by ancestor: shuffle before truncating
         x = x[torch.randperm(n_particles, generator=generator, device=device)[:n_samples]]
         # a few exact MCMC moves at β = 1 separate the copies that resampling made
         step = _tune_mala_step(net, x, self.sample_step_size, generator)
-        x = samplers.mala(net, x, n_steps=max(1, self.sample_steps // 10), step_size=step,
-                          generator=generator)
-        return x.double().cpu().numpy() * self.scale_ + self.mean_
+        return samplers.mala(net, x, n_steps=max(1, self.sample_steps // 10), step_size=step,
+                             generator=generator).detach()
 
     def denoise(self, X: ArrayLike, noise_std: float, method: str = "posterior_mean",
                 random_state: int | np.random.RandomState | None = None) -> np.ndarray:
@@ -605,10 +804,19 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         device = self._runtime_device()
         # float64: MAP's descent test compares energies that differ by less than float32 eps
         net = self._energy_module(torch.float64, device)
-        y = torch.as_tensor(self._standardize(X), dtype=torch.float64, device=device)  # (n, d)
+        Z = self._standardize(X)
         s2 = torch.as_tensor((noise_std / self.scale_) ** 2, dtype=torch.float64,
                              device=device)  # (d,) noise variance in standardised units
+        generator = (_generator_from_random_state(random_state, device)
+                     if method == "posterior_mean" else None)
+        out = [self._denoise_chunk(net, torch.as_tensor(Z[i:i + GRAD_BATCH],
+                                                        dtype=torch.float64, device=device),
+                                   s2, method, generator)
+               for i in range(0, len(Z), GRAD_BATCH)]
+        return torch.cat(out).cpu().numpy() * self.scale_ + self.mean_
 
+    def _denoise_chunk(self, net, y: torch.Tensor, s2: torch.Tensor, method: str,
+                       generator: torch.Generator | None) -> torch.Tensor:
         def posterior(z: torch.Tensor) -> torch.Tensor:
             return net(z) + ((y - z).pow(2) / (2.0 * s2)).sum(dim=1)
 
@@ -616,9 +824,40 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         if method == "map":
             z = _minimise_rowwise(posterior, y, step0, self.sample_steps)
         else:
-            generator = _generator_from_random_state(random_state, device)
             z = _mala_mean(posterior, y, step0, self.sample_steps, generator)
-        return z.double().cpu().numpy() * self.scale_ + self.mean_
+        return z.detach().double()
+
+
+def _warn_if_other_version(name: str, saved: str) -> None:
+    if saved != __version__:
+        warnings.warn(
+            f"This {name} was saved by skdcd {saved} and is loaded by skdcd {__version__}; "
+            "its results may differ or be wrong. Refit it with this version when you can.",
+            InconsistentVersionWarning, stacklevel=3,
+        )
+
+
+def _to_json(obj):
+    """Parameters as JSON values; tuples are tagged so that :func:`_from_json` restores them."""
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_to_json(v) for v in obj]}
+    if isinstance(obj, list):
+        return [_to_json(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_json(v) for k, v in obj.items()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _from_json(obj):
+    if isinstance(obj, dict):
+        if set(obj) == {"__tuple__"}:
+            return tuple(_from_json(v) for v in obj["__tuple__"])
+        return {k: _from_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_json(v) for v in obj]
+    return obj
 
 
 def _to_cpu(obj):

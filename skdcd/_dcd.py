@@ -34,6 +34,13 @@ _PARAMS_DOC = """
     energy_reg : float, default={energy_reg}
         Weight ``λ`` of the penalty ``λ (E(x_pos)² + E(x_neg)²)`` that keeps energies
         bounded; without it training can diverge.
+    max_grad_norm : float or None, default=None
+        Clip the global norm of each step's gradient to this value; ``None`` does not
+        clip. Whatever it is, a non-finite loss or gradient stops ``fit`` and rolls the
+        weights and optimizer state back to the start of the epoch in which it happened;
+        a ``ConvergenceWarning`` then says so. If that epoch was the model's first, there
+        is nothing to roll back to and ``fit`` raises ``ValueError``, leaving the estimator
+        unfitted.
     envelope_std : float or None, default=3.0
         ``τ`` of the Gaussian envelope ``‖z‖² / (2τ²)`` added to every energy (standardised
         units) so that ``exp(-E)`` is integrable. ``None`` disables it.
@@ -158,8 +165,8 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         posterior_steps=5, posterior_step_size=0.1, n_proposals=16, resample_proposals=False,
         hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
-        energy_reg=0.01, envelope_std=3.0, clip_margin=1.0, standardize=True,
-        log_partition="auto",
+        energy_reg=0.01, max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,
+        standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
     ):
@@ -167,7 +174,8 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             hidden_layer_sizes=hidden_layer_sizes, activation=activation,
             energy_net=energy_net, learning_rate=learning_rate, lr_schedule=lr_schedule,
             batch_size=batch_size, max_iter=max_iter, energy_reg=energy_reg,
-            envelope_std=envelope_std, clip_margin=clip_margin, standardize=standardize,
+            max_grad_norm=max_grad_norm, envelope_std=envelope_std, clip_margin=clip_margin,
+            standardize=standardize,
             log_partition=log_partition,
             quadrature_n_grid=quadrature_n_grid, ais_n_particles=ais_n_particles,
             ais_n_steps=ais_n_steps, sample_steps=sample_steps,

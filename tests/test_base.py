@@ -1,5 +1,6 @@
 """The estimator contract shared by DCDEnergyEstimator and CDEnergyEstimator."""
 
+import copy
 import pickle
 import warnings
 
@@ -392,3 +393,172 @@ def test_partial_fit_widens_the_clipping_box():
     high = est.energy_net_.high.clone()
     est.partial_fit(rng.standard_normal((200, 2)) + 10.0)
     assert torch.all(est.energy_net_.high > high + 5)
+
+
+# ---------------------------------------------------------------- divergence and clipping
+class _NaNAfter(torch.nn.Module):
+    """An MLP energy that turns NaN once ``calls`` forward passes have run."""
+
+    def __init__(self, n_features, calls):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_features, 1)
+        self.calls, self.seen = calls, 0
+
+    def forward(self, x):
+        self.seen += 1
+        out = self.linear(x).squeeze(1)
+        return out * float("nan") if self.seen > self.calls else out
+
+
+def test_divergence_in_a_later_epoch_rolls_back_that_epoch_and_warns(blobs):
+    est = CDEnergyEstimator(**{**FAST, "batch_size": 32, "max_iter": 1})
+    est.fit(blobs)
+    weights = {k: v.clone() for k, v in est.energy_net_.state_dict().items()}
+    adam = copy.deepcopy(est._optimizer_state)
+    t, n_iter, curve = est.t_, est.n_iter_, list(est.loss_curve_)
+    est.set_params(learning_rate=1e12, energy_reg=0.0)
+    with pytest.warns(ConvergenceWarning, match="diverged.*epoch 2.*restored"):
+        est.partial_fit(blobs)
+    for k, v in est.energy_net_.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    assert est._optimizer_state["state"][0]["step"] == adam["state"][0]["step"]
+    assert (est.t_, est.n_iter_, est.loss_curve_) == (t, n_iter, curve)
+    assert np.isfinite(est.score(blobs))
+    est.set_params(learning_rate=1e-3).partial_fit(blobs)  # and it trains on
+    assert est.n_iter_ == n_iter + 1
+
+
+def test_divergence_in_the_first_epoch_raises_and_leaves_the_estimator_unfitted(blobs):
+    est = DCDEnergyEstimator(**{**FAST, "batch_size": 32,
+                                "energy_net": lambda d: _NaNAfter(d, calls=4)})
+    with pytest.raises(ValueError, match="diverged.*before any epoch completed"):
+        est.fit(blobs)
+    with pytest.raises(NotFittedError):
+        est.score(blobs)
+    est.set_params(energy_net=None).fit(blobs)  # a fresh fit works
+    assert est.n_iter_ == FAST["max_iter"]
+
+
+def test_max_grad_norm_bounds_every_step_and_none_does_not(blobs, monkeypatch):
+    norms = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"]]
+        norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads if g is not None]))))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    CDEnergyEstimator(**{**FAST, "batch_size": 32}).fit(blobs)
+    assert max(norms) > 0.02
+    norms.clear()
+    CDEnergyEstimator(**{**FAST, "batch_size": 32, "max_grad_norm": 0.01}).fit(blobs)
+    assert len(norms) == 14 and max(norms) <= 0.01 * (1 + 1e-5)
+
+
+# ---------------------------------------------------------------- memory: chunked inference
+def test_chunked_denoise_and_sample_match_one_chunk(blobs, monkeypatch):
+    import skdcd._base as base
+
+    est = DCDEnergyEstimator(**FAST).fit(blobs)
+    whole = est.denoise(blobs[:50], 0.3, method="map")
+    one_chunk_samples = est.sample(30, random_state=0)
+    monkeypatch.setattr(base, "GRAD_BATCH", 7)
+    monkeypatch.setattr(base, "EVAL_BATCH", 7)
+    est._cache.clear()
+    np.testing.assert_allclose(est.denoise(blobs[:50], 0.3, method="map"), whole,
+                               rtol=0, atol=1e-9)  # MAP is row-wise: chunks change nothing
+    chunked = est.sample(30, random_state=0)
+    assert chunked.shape == (30, 2) and np.isfinite(chunked).all()
+    assert len(np.unique(chunked[:, 0])) == 30  # chunks are independent draws, not copies
+    # with 5 chunks of 1,024 particles each, the sample is still from the model
+    assert abs(chunked.mean() - one_chunk_samples.mean()) < 1.0
+    mean = est.denoise(blobs[:50], 0.3, random_state=0)
+    assert np.isfinite(mean).all() and len(np.unique(mean[:, 0])) == 50
+
+
+def test_sample_in_chunks_matches_a_gaussian_energy(monkeypatch):
+    import skdcd._base as base
+
+    monkeypatch.setattr(base, "GRAD_BATCH", 1000)
+    est = gaussian_model(DCDEnergyEstimator, [1.0, -2.0], [0.25, 4.0], sample_steps=64)
+    S = est.sample(4000, random_state=0)
+    np.testing.assert_allclose(S.mean(0), [1.0, -2.0], atol=0.1)
+    np.testing.assert_allclose(S.std(0), [0.5, 2.0], atol=0.1)
+
+
+# ---------------------------------------------------------------- weights-only persistence
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+def test_save_and_load_give_identical_results(est_cls, blobs, tmp_path):
+    params = {"persistent": True, "buffer_size": 64} if est_cls is CDEnergyEstimator else {
+        "noise_std": (0.05, 0.2)}
+    est = est_cls(**{**FAST, **params}).fit(blobs)
+    est.score(blobs)  # caches log Z, which is saved too
+    est.save(tmp_path / "model.pt")
+    other = est_cls.load(tmp_path / "model.pt")
+    assert other.get_params() == est.get_params()
+    assert np.array_equal(est.score_samples(blobs), other.score_samples(blobs))
+    assert np.array_equal(est.sample(10, random_state=0), other.sample(10, random_state=0))
+    assert np.array_equal(est.denoise(blobs, 0.2, random_state=0),
+                          other.denoise(blobs, 0.2, random_state=0))
+    # training resumes exactly where it stopped (optimizer state, buffers, step counter)
+    est.partial_fit(blobs)
+    other.partial_fit(blobs)
+    assert np.array_equal(est.energy(blobs), other.energy(blobs))
+    assert list(tmp_path.iterdir()) == [tmp_path / "model.pt"]  # no temporary file left
+
+
+def test_load_uses_weights_only_and_refuses_other_files(blobs, tmp_path):
+    est = DCDEnergyEstimator(**FAST).fit(blobs)
+    joblib.dump(est, tmp_path / "model.joblib")
+    with pytest.raises(ValueError, match="not a file written by DCDEnergyEstimator.save"):
+        DCDEnergyEstimator.load(tmp_path / "model.joblib")
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('code ran')",))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        torch.save(Evil(), f)
+    with pytest.raises(ValueError, match="not a file written by"):
+        DCDEnergyEstimator.load(tmp_path / "evil.pt")  # no code runs
+    est.save(tmp_path / "dcd.pt")
+    with pytest.raises(ValueError, match="holds a DCDEnergyEstimator.*DCDEnergyEstimator.load"):
+        CDEnergyEstimator.load(tmp_path / "dcd.pt")
+    with pytest.raises(FileNotFoundError):
+        DCDEnergyEstimator.load(tmp_path / "missing.pt")
+    with pytest.raises(NotFittedError):
+        DCDEnergyEstimator().save(tmp_path / "unfitted.pt")
+
+
+def test_save_with_a_custom_energy_net_needs_it_at_load(blobs, tmp_path):
+    from tests.conftest import QuadraticEnergy
+
+    est = DCDEnergyEstimator(**{**FAST, "energy_net": QuadraticEnergy}).fit(blobs)
+    est.save(tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="custom energy_net"):
+        DCDEnergyEstimator.load(tmp_path / "m.pt")
+    other = DCDEnergyEstimator.load(tmp_path / "m.pt", energy_net=QuadraticEnergy)
+    assert np.array_equal(est.energy(blobs), other.energy(blobs))
+
+
+@pytest.mark.parametrize("how", ["pickle", "save"])
+def test_loading_a_model_from_another_version_warns(how, blobs, tmp_path, monkeypatch):
+    import skdcd._base as base
+    from skdcd import InconsistentVersionWarning
+
+    est = DCDEnergyEstimator(**FAST).fit(blobs)
+    monkeypatch.setattr(base, "__version__", "0.0.1")
+    if how == "pickle":
+        blob = pickle.dumps(est)
+    else:
+        est.save(tmp_path / "m.pt")
+    monkeypatch.undo()
+    with pytest.warns(InconsistentVersionWarning, match="saved by skdcd 0.0.1"):
+        other = (pickle.loads(blob) if how == "pickle"
+                 else DCDEnergyEstimator.load(tmp_path / "m.pt"))
+    assert np.array_equal(est.energy(blobs), other.energy(blobs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InconsistentVersionWarning)
+        pickle.loads(pickle.dumps(est))  # the same version is silent
