@@ -427,6 +427,11 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                                    scale, 1.0)
         else:
             self.mean_, self.scale_ = np.zeros(n_features), np.ones(n_features)
+        if not (np.isfinite(self.mean_).all() and np.isfinite(self.scale_).all()):
+            del self.mean_, self.scale_
+            raise ValueError(
+                "X holds values too large to standardise in float64 (their mean or standard "
+                f"deviation overflows; the largest |x| is {np.abs(X).max():.3g}). Rescale X.")
         Z = self._standardize(X)
         # torch initialises layers from its global generator: fork it so that the global
         # state is untouched and the weights depend on random_state alone
@@ -805,8 +810,12 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         # float64: MAP's descent test compares energies that differ by less than float32 eps
         net = self._energy_module(torch.float64, device)
         Z = self._standardize(X)
-        s2 = torch.as_tensor((noise_std / self.scale_) ** 2, dtype=torch.float64,
-                             device=device)  # (d,) noise variance in standardised units
+        with np.errstate(over="ignore"):
+            var = (noise_std / self.scale_) ** 2  # (d,) noise variance in standardised units
+        if not np.isfinite(var).all() or not (var > 0).all():
+            raise ValueError(f"noise_std={noise_std!r} is out of range for data on the scale "
+                             f"of this model (scale_ up to {self.scale_.max():.3g}).")
+        s2 = torch.as_tensor(var, dtype=torch.float64, device=device)
         generator = (_generator_from_random_state(random_state, device)
                      if method == "posterior_mean" else None)
         out = [self._denoise_chunk(net, torch.as_tensor(Z[i:i + GRAD_BATCH],
@@ -820,7 +829,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         def posterior(z: torch.Tensor) -> torch.Tensor:
             return net(z) + ((y - z).pow(2) / (2.0 * s2)).sum(dim=1)
 
-        step0 = 0.1 * float(s2.min())
+        # the posterior is no wider than the noise, nor (roughly) than the unit-scale prior
+        step0 = 0.1 * min(float(s2.min()), 1.0)
         if method == "map":
             z = _minimise_rowwise(posterior, y, step0, self.sample_steps)
         else:
@@ -887,15 +897,15 @@ def _mala_mean(energy_fn, x: torch.Tensor, step_size: float, n_steps: int,
     step = torch.full((x.shape[0], 1), step_size, dtype=x.dtype, device=x.device)  # (n, 1)
     energy, grad = samplers.energy_and_grad(energy_fn, x)
     burn_in = n_steps // 2
-    total = torch.zeros_like(x)
+    mean = torch.zeros_like(x)
     for k in range(n_steps):
         x, energy, grad, accepted = samplers.mala_step(energy_fn, x, energy, grad, step,
                                                        generator)
         if k < burn_in:
             step = samplers.adapt_step_size(step, accepted.to(x.dtype).unsqueeze(1))
-        else:
-            total += x
-    return total / (n_steps - burn_in)
+        else:  # a running mean: a sum of rows near the float64 limit would overflow
+            mean += (x - mean) / (k - burn_in + 1)
+    return mean
 
 
 def _minimise_rowwise(energy_fn, x: torch.Tensor, step_size: float,

@@ -55,3 +55,15 @@ def gaussian_model(est_cls, mean, var, **params):
         QuadraticEnergy(d, mean=mean, log_prec=-np.log(var)), None)
     est._cache.clear()
     return est
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Report how many fuzzing examples each method ran, and how each one ended."""
+    from tests.test_fuzz import FUZZ_COUNTS
+
+    if FUZZ_COUNTS:
+        terminalreporter.section("fuzzing (tests/test_fuzz.py)")
+        for name, counts in FUZZ_COUNTS.items():
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())
+                                 if k != "examples")
+            terminalreporter.write_line(f"{name}: {counts['examples']} examples ({outcomes})")

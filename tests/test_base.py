@@ -562,3 +562,21 @@ def test_loading_a_model_from_another_version_warns(how, blobs, tmp_path, monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error", InconsistentVersionWarning)
         pickle.loads(pickle.dumps(est))  # the same version is silent
+
+
+# ---------------------------------------------------------------- found by tests/test_fuzz.py
+def test_fit_refuses_data_whose_standardisation_overflows():
+    X = np.array([[1e300, 0.0], [-1e300, 1.0], [0.0, 2.0]])
+    with pytest.raises(ValueError, match="too large to standardise"):
+        DCDEnergyEstimator(**FAST).fit(X)
+
+
+def test_denoise_stays_finite_next_to_the_float64_limit(fitted_dcd):
+    y = np.array([[1.7e308, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    out = fitted_dcd.denoise(y, noise_std=0.1, random_state=0)
+    assert np.isfinite(out).all()
+
+
+def test_denoise_refuses_a_noise_std_whose_variance_overflows(fitted_dcd):
+    with pytest.raises(ValueError, match="noise_std=1e\\+300 is out of range"):
+        fitted_dcd.denoise(np.zeros((2, 3)), noise_std=1e300)

@@ -1,0 +1,312 @@
+"""Fuzzing every public method (and the CLI's file reader) with messy inputs.
+
+Each input either works, giving finite results of the right shape and leaving the model and
+the input untouched, or raises a ``ValueError``/``TypeError``/``NotFittedError`` with a
+message. Every test runs ``FUZZ_EXAMPLES`` examples and counts them; the counts are printed
+at the end of the pytest run (``conftest.pytest_terminal_summary``).
+"""
+
+import string
+import warnings
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from sklearn.exceptions import NotFittedError
+
+from skdcd import CDEnergyEstimator, DCDEnergyEstimator
+from skdcd.cli import CLIError, read_data
+
+FUZZ_EXAMPLES = 1000
+FUZZ_COUNTS: dict[str, Counter] = {}  # test name -> outcomes; read by conftest
+ACCEPTED = (ValueError, TypeError, NotFittedError)
+TINY = dict(hidden_layer_sizes=(8,), max_iter=1, batch_size=64, quadrature_n_grid=16,
+            ais_n_particles=16, ais_n_steps=4, sample_steps=4, n_proposals=4,
+            random_state=0)
+
+FLOATS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1.0, 1e30, -1e30, 1e300, -1e300, 1e-300, 5e-324]),
+    st.floats(-3, 3),
+)
+ELEMENTS = {
+    "f": FLOATS,
+    "i": None,  # hypothesis draws from the dtype's own range
+    "u": None,
+    "b": None,
+    "c": None,
+    "O": st.one_of(FLOATS, st.integers(-5, 5), st.text(string.printable, max_size=3),
+                   st.none()),
+    "U": st.text(string.printable, max_size=4),
+}
+DTYPES = ["float64", "float32", "float16", "int64", "int8", "uint8", "bool", "complex128",
+          "object", "<U4"]
+
+
+@st.composite
+def messy_inputs(draw, width: int | None = 2):
+    """Arrays of any dtype and rank, special values and layouts, in several containers."""
+    dtype = np.dtype(draw(st.sampled_from(DTYPES + ["float64"] * 6)))
+    n = draw(st.sampled_from([0, 1, 2, 3, 5, 12, 40]))
+    d = draw(st.sampled_from([width or 2] * 4 + [0, 1, 3]))
+    shape = draw(st.sampled_from([(n, d)] * 8 + [(), (n,), (n, d, 2)]))
+    kind = dtype.kind if dtype.kind in ELEMENTS else "f"
+    if kind == "f" and dtype != np.float16:
+        elements = draw(st.sampled_from(["any", "finite", "finite"]))
+        elements = FLOATS if elements == "any" else st.floats(-1e6, 1e6)
+    else:
+        elements = ELEMENTS[kind]
+    X = draw(hnp.arrays(dtype, shape, elements=elements))
+    if X.ndim == 2 and X.size and dtype.kind in "fiu":
+        layout = draw(st.sampled_from(["as is", "duplicates", "constant column", "huge",
+                                       "extreme entry"]))
+        if layout == "duplicates":
+            X[:] = X[0]
+        elif layout == "constant column":
+            X[:, 0] = X[0, 0]
+        elif layout == "huge" and dtype.kind == "f":
+            X = X.astype(np.float64) * 1e30
+        elif layout == "extreme entry":
+            X = X.astype(np.float64)
+            i, j = draw(st.integers(0, X.shape[0] - 1)), draw(st.integers(0, X.shape[1] - 1))
+            X[i, j] = draw(st.sampled_from([1e300, -1e300, 1.7e308, 1e38, 4e38, 1e-310]))
+    container = draw(st.sampled_from(["ndarray"] * 4 + ["list", "dataframe", "named",
+                                                       "sparse", "fortran"]))
+    if container == "list":
+        return X.tolist()
+    if container in ("dataframe", "named") and X.ndim == 2:
+        columns = [f"x{j}" for j in range(X.shape[1])] if container == "named" else None
+        return pd.DataFrame(X, columns=columns)
+    if container == "sparse" and X.ndim == 2 and dtype.kind in "fiub":
+        return sp.csr_matrix(X.astype(np.float32) if dtype == np.float16 else X)
+    if container == "fortran":
+        return np.asfortranarray(X)
+    return X
+
+
+def _snapshot(X):
+    if isinstance(X, pd.DataFrame):
+        return X.copy(deep=True)
+    if sp.issparse(X):
+        return X.copy()
+    return X.copy() if isinstance(X, np.ndarray) else np.array(X, dtype=object)
+
+
+def _unchanged(X, before) -> bool:
+    """Same values (NaN equal to NaN), shape and type as the copy taken before the call."""
+    if isinstance(X, pd.DataFrame):
+        return X.equals(before)
+    if sp.issparse(X):
+        X, before = X.toarray(), before.toarray()
+    a = X if isinstance(X, np.ndarray) else np.array(X, dtype=object)
+    if a.shape != before.shape:
+        return False
+    same = (a == before) | ((a != a) & (before != before))
+    return bool(np.all(same))
+
+
+def _fuzz(name: str, strategy, check) -> None:
+    """Run ``check`` on ``FUZZ_EXAMPLES`` examples of ``strategy``; record the outcomes."""
+    counts = FUZZ_COUNTS.setdefault(name, Counter())
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def run(case):
+        counts["examples"] += 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # names, conversions, convergence: not failures
+            np.seterr(all="ignore")
+            try:
+                check(case)
+            except ACCEPTED as exc:
+                assert str(exc).strip(), f"{type(exc).__name__} without a message"
+                counts[type(exc).__name__] += 1
+                return
+        counts["worked"] += 1
+
+    run()
+    assert counts["examples"] >= FUZZ_EXAMPLES
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X = np.random.RandomState(0).randn(100, 2) * [1.0, 3.0] + [5.0, -1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = {"dcd": DCDEnergyEstimator(**TINY).fit(X),
+                  "cd": CDEnergyEstimator(**{k: v for k, v in TINY.items()
+                                             if k != "n_proposals"}).fit(X)}
+    for est in models.values():
+        est.log_partition_  # noqa: B018 - cached once, not per example
+    probe = X[:5]
+    energies = {k: est.energy(probe) for k, est in models.items()}
+    yield models
+    for k, est in models.items():  # no fuzzed call changed a fitted model
+        assert np.array_equal(est.energy(probe), energies[k]), k
+
+
+def _finite_params(est) -> bool:
+    return all(torch.isfinite(p).all() for p in est.energy_net_.parameters())
+
+
+ESTIMATOR = st.sampled_from(["dcd", "cd"])
+
+
+def _fresh(which: str):
+    if which == "dcd":
+        return DCDEnergyEstimator(**TINY)
+    return CDEnergyEstimator(**{k: v for k, v in TINY.items() if k != "n_proposals"})
+
+
+def _n_out(X) -> int:
+    return X.shape[0] if hasattr(X, "shape") else len(X)
+
+
+def test_fuzz_fit():
+    def check(case):
+        which, X = case
+        before = _snapshot(X)
+        est = _fresh(which)
+        try:
+            est.fit(X)
+        finally:
+            assert _unchanged(X, before), "fit modified its input"
+        assert _finite_params(est)
+        log_q = est.score_samples(X)
+        assert log_q.shape == (_n_out(X),) and not np.isnan(log_q).any()
+
+    _fuzz("fit", st.tuples(ESTIMATOR, messy_inputs(width=None)), check)
+
+
+def test_fuzz_partial_fit():
+    def check(case):
+        which, X, X2 = case
+        est = _fresh(which)
+        est.partial_fit(X)
+        assert _finite_params(est)
+        before = _snapshot(X2)
+        try:
+            est.partial_fit(X2)
+        finally:
+            assert _unchanged(X2, before), "partial_fit modified its input"
+        assert _finite_params(est)
+        assert not np.isnan(est.energy(X2)).any()
+
+    valid = hnp.arrays(np.float64, st.tuples(st.integers(1, 20), st.just(2)),
+                       elements=st.floats(-10, 10))
+    _fuzz("partial_fit", st.tuples(ESTIMATOR, valid, messy_inputs()), check)
+
+
+@pytest.mark.parametrize("method", ["energy", "score_samples", "score"])
+def test_fuzz_evaluation(method, fitted):
+    def check(case):
+        which, X = case
+        before = _snapshot(X)
+        try:
+            out = getattr(fitted[which], method)(X)
+        finally:
+            assert _unchanged(X, before), f"{method} modified its input"
+        if method == "score":
+            assert isinstance(out, float) and not np.isnan(out)
+        else:
+            assert out.shape == (_n_out(X),) and out.dtype == np.float64
+            assert not np.isnan(out).any()
+
+    _fuzz(method, st.tuples(ESTIMATOR, messy_inputs()), check)
+
+
+NOISE_STD = st.one_of(st.floats(0.01, 3), FLOATS, st.integers(-2, 3), st.none(),
+                      st.text(max_size=2), st.booleans(), st.just(np.float32(0.3)), st.just([0.1]))
+METHOD = st.one_of(st.sampled_from(["posterior_mean", "map"] * 4), st.text(max_size=3),
+                   st.none())
+RANDOM_STATE = st.one_of(st.integers(0, 9), st.none(), st.integers(-5, 2**32 + 5),
+                         st.text(max_size=2), st.floats(-1, 1))
+
+
+def test_fuzz_denoise(fitted):
+    def check(case):
+        which, X, noise_std, method, random_state = case
+        before = _snapshot(X)
+        try:
+            out = fitted[which].denoise(X, noise_std, method=method, random_state=random_state)
+        finally:
+            assert _unchanged(X, before), "denoise modified its input"
+        assert out.shape == (_n_out(X), 2) and np.isfinite(out).all()
+
+    _fuzz("denoise", st.tuples(ESTIMATOR, messy_inputs(), NOISE_STD, METHOD, RANDOM_STATE),
+          check)
+
+
+def test_fuzz_sample(fitted):
+    def check(case):
+        which, n_samples, random_state = case
+        out = fitted[which].sample(n_samples, random_state=random_state)
+        assert out.shape == (n_samples, 2) and np.isfinite(out).all()
+
+    n_samples = st.one_of(st.integers(1, 50), st.integers(-3, 2000), st.floats(-1, 5),
+                          st.none(), st.text(max_size=2), st.booleans(),
+                          st.just(np.int64(3)), st.just([2]))
+    _fuzz("sample", st.tuples(ESTIMATOR, n_samples, RANDOM_STATE), check)
+
+
+def test_fuzz_unfitted_methods_raise_not_fitted():
+    def check(case):
+        which, method, X = case
+        est = _fresh(which)
+        call = {"sample": lambda: est.sample(2), "denoise": lambda: est.denoise(X, 0.1)}.get(
+            method, lambda: getattr(est, method)(X))
+        with pytest.raises(NotFittedError):
+            call()
+
+    methods = st.sampled_from(["energy", "score_samples", "score", "sample", "denoise"])
+    _fuzz("unfitted", st.tuples(ESTIMATOR, methods, messy_inputs()), check)
+
+
+@st.composite
+def data_files(draw):
+    """CSV/TSV text (numbers, specials, junk, ragged rows, headers) or ``.npy`` arrays."""
+    kind = draw(st.sampled_from(["csv", "tsv", "npy", "bytes"]))
+    if kind == "npy":
+        X = draw(messy_inputs(width=None))
+        X = X.toarray() if sp.issparse(X) else np.asarray(X)
+        return ".npy", X
+    if kind == "bytes":
+        return ".csv", draw(st.binary(max_size=64))
+    sep = "," if kind == "csv" else "\t"
+    token = st.one_of(FLOATS.map(repr), st.integers(-9, 9).map(str),
+                      st.sampled_from(["", " ", "nan", "inf", "-inf", "x", '"1"', '"', "1e999",
+                                       "0x10", "1_0", "\u00e9"]))
+    width = draw(st.integers(1, 4))
+    rows = draw(st.lists(st.lists(token, min_size=width - 1, max_size=width + 1),
+                         max_size=6))
+    header = draw(st.sampled_from(["", sep.join(f"c{j}" for j in range(width)) + "\n"]))
+    text = header + "\n".join(sep.join(r) for r in rows)
+    return f".{kind}", text.encode("utf-8")
+
+
+def test_fuzz_cli_data_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz")
+
+    def check(case):
+        suffix, content = case
+        path = folder / f"data{suffix}"
+        if isinstance(content, np.ndarray):
+            np.save(path, content, allow_pickle=content.dtype == object)
+        else:
+            path.write_bytes(content)
+        try:
+            X = read_data(str(path))
+        except CLIError as exc:
+            assert str(exc).strip()
+            raise ValueError(str(exc)) from exc  # counted as a clear error
+        assert X.ndim == 2 and X.shape[0] >= 1 and X.shape[1] >= 1
+        assert X.dtype == np.float64 and np.isfinite(X).all()
+
+    _fuzz("cli read_data", data_files(), check)
