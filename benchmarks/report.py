@@ -10,7 +10,7 @@ import numpy as np
 
 from benchmarks.common import md_table, read_json
 
-SECTIONS = ("density", "speed", "digits", "baselines", "peer")
+SECTIONS = ("density", "speed", "digits", "baselines", "peer", "reliability")
 
 
 def _gap_at(rows, toy, method, seconds):
@@ -92,11 +92,9 @@ def targets(results: dict) -> list[list[str]]:
         rows.append(["Estimator overhead ≤ 1.10× the bare loop",
                      f"{over[2]:.2f}× (2-D), {over[64]:.2f}× (64-D)",
                      _status(max(over.values()) <= 1.10)])
-    digits = results.get("digits")
-    if digits:
-        module = importlib.import_module("benchmarks.digits")
-        if hasattr(module, "targets"):
-            rows += module.targets(digits)
+    for name in ("digits", "reliability"):  # sections that check their own targets
+        if results.get(name):
+            rows += importlib.import_module(f"benchmarks.{name}").targets(results[name])
     return rows
 
 

@@ -324,6 +324,20 @@ def test_grid_search_in_parallel_picks_the_best_mean_score(blobs):
     assert serial.best_params_ == search.best_params_
 
 
+def _torch_threads(estimator, X, y=None) -> float:
+    """A 'scorer' that reports how many threads torch uses where the fold ran."""
+    return float(torch.get_num_threads())
+
+
+def test_grid_search_workers_share_the_cores_instead_of_oversubscribing(blobs):
+    # joblib's process workers cap OpenMP at cpu_count // n_jobs before torch starts, and
+    # torch reads that cap: n_jobs workers never run more threads than there are cores
+    search = GridSearchCV(DCDEnergyEstimator(**FAST), {"noise_std": [0.1, 0.3]}, cv=2,
+                          n_jobs=2, scoring=_torch_threads).fit(blobs)
+    threads = search.cv_results_["mean_test_score"]
+    assert (threads >= 1).all() and (threads <= max(1, joblib.cpu_count() // 2)).all()
+
+
 def test_grid_search_prefers_a_trained_model_over_an_untrained_one():
     rng = np.random.RandomState(0)
     X = rng.randn(600, 2) * [2.0, 0.3]
