@@ -40,6 +40,7 @@ STEPS_PER_FIT = 2000
 # without autograd (energies, quadrature) and with it (sampling, denoising)
 EVAL_BATCH = 16384
 GRAD_BATCH = 4096
+WELL_PROBES = 64  # uniform points per step at which well_penalty looks for spurious wells
 
 logger = logging.getLogger("skdcd")
 
@@ -85,6 +86,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
         "envelope_std": [Interval(Real, 0, None, closed="neither"), None],
         "clip_margin": [Interval(Real, 0, None, closed="left"), None],
+        "well_penalty": [Interval(Real, 0, None, closed="left")],
         "standardize": ["boolean"],
         "log_partition": [StrOptions({"auto", "quadrature", "ais"})],
         "quadrature_n_grid": [Interval(Integral, 8, None, closed="left")],
@@ -102,7 +104,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         self, *, hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
         energy_reg=0.01, max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,
-        standardize=True, log_partition="auto",
+        well_penalty=1.0, standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
     ):
@@ -117,6 +119,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         self.max_grad_norm = max_grad_norm
         self.envelope_std = envelope_std
         self.clip_margin = clip_margin
+        self.well_penalty = well_penalty
         self.standardize = standardize
         self.log_partition = log_partition
         self.quadrature_n_grid = quadrature_n_grid
@@ -465,6 +468,10 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             self.energy_net_.set_bounds(self._z_low - self.clip_margin,
                                         self._z_high + self.clip_margin)
         Z = torch.as_tensor(Z_np, dtype=torch.float32, device=device)  # (n, d)
+        margin = 1.0 if self.clip_margin is None else self.clip_margin
+        box_low = torch.as_tensor(self._z_low - margin, dtype=torch.float32, device=device)
+        box_span = torch.as_tensor(self._z_high - self._z_low + 2 * margin,
+                                   dtype=torch.float32, device=device)
         n = Z.shape[0]
         batch_size = min(self.batch_size, n)
         n_batches = math.ceil(n / batch_size)
@@ -496,6 +503,9 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                     e_pos = net(x_pos)  # (B,)
                     loss = (e_pos.mean() - neg_mean
                             + self.energy_reg * (e_pos.pow(2).mean() + neg_sq))
+                    if self.well_penalty > 0:
+                        loss = loss + self.well_penalty * _well_loss(
+                            net, e_pos, box_low, box_span, generator)
                     loss_value = float(loss.detach())
                     diverged = not math.isfinite(loss_value)
                     if not diverged:
@@ -836,6 +846,20 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         else:
             z = _mala_mean(posterior, y, step0, self.sample_steps, generator)
         return z.detach().double()
+
+
+def _well_loss(net, e_pos: torch.Tensor, box_low: torch.Tensor, box_span: torch.Tensor,
+               generator: torch.Generator) -> torch.Tensor:
+    """``mean relu(min E(x_pos) - 1 - E(u))²`` over points ``u`` uniform in the box.
+
+    No point of the box should sit more than 1 nat below every data point of the batch:
+    posterior or short-run negatives, which stay near the data, never visit such a well, so
+    nothing else in the loss pushes it back up. Zero when there is no such well.
+    """
+    u = box_low + box_span * torch.rand((WELL_PROBES, box_low.shape[0]), generator=generator,
+                                        device=box_low.device)  # (P, d)
+    floor = e_pos.detach().min() - 1.0
+    return torch.relu(floor - net(u)).pow(2).mean()
 
 
 def _warn_if_other_version(name: str, saved: str) -> None:

@@ -64,7 +64,7 @@ class CDEnergyEstimator(BaseEnergyEstimator):
         hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
         energy_reg=0.1, max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,
-        standardize=True, log_partition="auto",
+        well_penalty=1.0, standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
     ):
@@ -73,7 +73,7 @@ class CDEnergyEstimator(BaseEnergyEstimator):
             energy_net=energy_net, learning_rate=learning_rate, lr_schedule=lr_schedule,
             batch_size=batch_size, max_iter=max_iter, energy_reg=energy_reg,
             max_grad_norm=max_grad_norm, envelope_std=envelope_std, clip_margin=clip_margin,
-            standardize=standardize,
+            well_penalty=well_penalty, standardize=standardize,
             log_partition=log_partition,
             quadrature_n_grid=quadrature_n_grid, ais_n_particles=ais_n_particles,
             ais_n_steps=ais_n_steps, sample_steps=sample_steps,
