@@ -132,6 +132,37 @@ def test_refit_with_the_same_random_state_is_bit_identical(est_cls, blobs):
     assert not np.array_equal(a.score_samples(blobs), c.score_samples(blobs))
 
 
+_DETERMINISM_SCRIPT = """
+import hashlib, numpy as np
+from skdcd import CDEnergyEstimator, DCDEnergyEstimator
+X = np.random.RandomState(0).randn(300, 2)
+for cls in (DCDEnergyEstimator, CDEnergyEstimator):
+    est = cls(max_iter=3, hidden_layer_sizes=(16, 16), quadrature_n_grid=64, sample_steps=16,
+              random_state=7).fit(X)
+    h = hashlib.sha256()
+    for v in est.energy_net_.state_dict().values():
+        h.update(v.numpy().tobytes())
+    h.update(est.score_samples(X).tobytes())
+    h.update(est.sample(50, random_state=1).tobytes())
+    h.update(est.denoise(X[:20], 0.2, random_state=2).tobytes())
+    print(h.hexdigest())
+"""
+
+
+def test_fit_sample_and_score_are_bit_identical_across_processes():
+    import contextlib
+    import io
+    import subprocess
+    import sys
+
+    other = subprocess.run([sys.executable, "-c", _DETERMINISM_SCRIPT], check=True,
+                           capture_output=True, text=True).stdout
+    here = io.StringIO()
+    with contextlib.redirect_stdout(here):
+        exec(_DETERMINISM_SCRIPT, {})
+    assert here.getvalue() == other and len(other.split()) == 2
+
+
 def test_torch_global_rng_is_untouched(blobs):
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -594,3 +625,50 @@ def test_denoise_stays_finite_next_to_the_float64_limit(fitted_dcd):
 def test_denoise_refuses_a_noise_std_whose_variance_overflows(fitted_dcd):
     with pytest.raises(ValueError, match="noise_std=1e\\+300 is out of range"):
         fitted_dcd.denoise(np.zeros((2, 3)), noise_std=1e300)
+
+
+# ---------------------------------------------------------------- spurious-well guard
+class _Well(torch.nn.Module):
+    """E(x) = offset - depth · exp(-‖x - c‖² / (2 width²)): a well of the given depth at c."""
+
+    def __init__(self, depth, center, offset=0.0, width=1.0):
+        super().__init__()
+        self.depth = torch.nn.Parameter(torch.tensor(float(depth)))
+        self.center, self.offset, self.width = torch.tensor(center), offset, width
+
+    def forward(self, x):
+        r2 = (x - self.center).pow(2).sum(1) / self.width**2
+        return self.offset - self.depth * torch.exp(-0.5 * r2)
+
+
+def test_well_loss_is_the_squared_depth_below_the_floor():
+    from skdcd._base import WELL_PROBES, _well_loss
+
+    low, span = torch.tensor([-4.0, -4.0]), torch.tensor([8.0, 8.0])
+    e_pos = torch.tensor([0.0, 0.7, 2.0])  # the floor is min - 1 = -1
+    g = torch.Generator().manual_seed(0)
+    flat = _Well(0.0, [0.0, 0.0], offset=-3.0)  # 2 nats below the floor everywhere
+    assert float(_well_loss(flat, e_pos, low, span, g)) == pytest.approx(4.0)
+    above = _Well(0.0, [0.0, 0.0], offset=-0.5)  # nowhere below the floor
+    assert float(_well_loss(above, e_pos, low, span, g)) == 0.0
+    well = _Well(20.0, [3.0, 3.0])
+    loss = _well_loss(well, e_pos, low, span, g)
+    loss.backward()
+    assert float(loss) > 0 and float(well.depth.grad) > 0  # descent makes the well shallower
+    assert WELL_PROBES >= 32
+
+
+def test_well_penalty_removes_a_well_that_negatives_never_visit(blobs):
+    # blobs' standardised data live near the origin; the narrow well sits in the box's
+    # corner, where no data point or negative ever feels it (its gradient there is 0)
+    def factory(d):
+        return _Well(30.0, [2.8, 2.8], width=0.15)
+
+    depths = {}
+    for penalty in (0.0, 1.0):
+        est = DCDEnergyEstimator(**{**FAST, "energy_net": factory, "well_penalty": penalty,
+                                    "learning_rate": 0.5, "lr_schedule": "constant",
+                                    "max_iter": 100, "envelope_std": None})
+        est.fit(blobs)
+        depths[penalty] = float(est.energy_net_.net.depth)
+    assert depths[0.0] == 30.0 and depths[1.0] < 20
