@@ -462,6 +462,10 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
     def _train(self, X: np.ndarray, n_epochs: int, *, cosine: bool) -> None:
         device = self._fit_device()
         Z_np = self._standardize(X)
+        if not np.isfinite(Z_np).all():  # before any state changes: nothing is lost
+            raise ValueError(
+                "X holds values that overflow float64 once standardised with this model's "
+                f"mean_ and scale_ (largest |x| {np.abs(X).max():.3g}). Rescale X.")
         self._z_low = np.minimum(self._z_low, Z_np.min(axis=0))
         self._z_high = np.maximum(self._z_high, Z_np.max(axis=0))
         if self.clip_margin is not None:  # the box widens with what partial_fit sees
@@ -565,7 +569,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         return module
 
     def _standardize(self, X: np.ndarray) -> np.ndarray:
-        return (X - self.mean_) / self.scale_
+        with np.errstate(over="ignore"):  # callers that cannot take inf check for it
+            return (X - self.mean_) / self.scale_
 
     def _energy_z(self, Z: np.ndarray) -> np.ndarray:
         # float64: batched and row-by-row evaluations then agree to ~1e-15
@@ -820,6 +825,10 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         # float64: MAP's descent test compares energies that differ by less than float32 eps
         net = self._energy_module(torch.float64, device)
         Z = self._standardize(X)
+        if not np.isfinite(Z).all():
+            raise ValueError(
+                "X holds values that overflow float64 once standardised with this model's "
+                f"mean_ and scale_ (largest |x| {np.abs(X).max():.3g}).")
         with np.errstate(over="ignore"):
             var = (noise_std / self.scale_) ** 2  # (d,) noise variance in standardised units
         if not np.isfinite(var).all() or not (var > 0).all():

@@ -616,6 +616,19 @@ def test_fit_refuses_data_whose_standardisation_overflows():
         DCDEnergyEstimator(**FAST).fit(X)
 
 
+def test_partial_fit_refuses_rows_that_overflow_once_standardised_and_loses_nothing():
+    est = DCDEnergyEstimator(**FAST).partial_fit(np.array([[0.0, 1.0], [1.0, 1.0]]))
+    before = {k: v.clone() for k, v in est.energy_net_.state_dict().items()}
+    with pytest.raises(ValueError, match="overflow float64 once standardised"):
+        est.partial_fit(np.array([[1.7e308, 0.0]]))  # (1.7e308 - 0.5) / 0.5 = inf
+    for k, v in est.energy_net_.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the clipping box included
+    assert est.n_iter_ == 1 and np.isfinite(est._z_high).all()
+    with pytest.raises(ValueError, match="overflow float64 once standardised"):
+        est.denoise(np.array([[1.7e308, 0.0]]), noise_std=0.1)
+    assert np.isposinf(est.energy(np.array([[1.7e308, 0.0]]))).all()  # a limit, not NaN
+
+
 def test_denoise_stays_finite_next_to_the_float64_limit(fitted_dcd):
     y = np.array([[1.7e308, 0.0, 0.0], [0.0, 1.0, 0.0]])
     out = fitted_dcd.denoise(y, noise_std=0.1, random_state=0)
