@@ -209,12 +209,14 @@ def _feature_names(model: Any) -> list[str]:
 
 
 def load_model(path: str) -> Any:
-    """Load a fitted skdcd estimator written by ``skdcd fit`` (joblib).
+    """Load a fitted skdcd estimator written by ``skdcd fit``.
 
     Parameters
     ----------
     path : str
-        The model file. joblib files are pickles: load only files you trust.
+        The model file: a ``.pt`` file written by ``save`` (weights and JSON only, safe to
+        load from anywhere), or else a joblib file, which is a pickle: load only files you
+        trust.
 
     Returns
     -------
@@ -246,6 +248,8 @@ def load_model(path: str) -> Any:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"model file not found: {path}")
+    if p.suffix.lower() == ".pt":
+        return _load_weights_only(p)
     try:
         model = joblib.load(p)
     except Exception as exc:  # a corrupt or foreign file fails in many ways
@@ -255,6 +259,25 @@ def load_model(path: str) -> Any:
         raise CLIError(f"{path} holds a {type(model).__name__}, not an skdcd estimator")
     check_is_fitted(model)
     return model
+
+
+def _load_weights_only(path: Path) -> Any:
+    import torch
+
+    from skdcd import CDEnergyEstimator, DCDEnergyEstimator
+
+    try:
+        name = torch.load(path, map_location="cpu", weights_only=True).get("estimator")
+    except Exception as exc:
+        raise CLIError(f"cannot read {path} as a model saved by `skdcd fit --out *.pt` "
+                       f"({type(exc).__name__})") from exc
+    classes = {c.__name__: c for c in (DCDEnergyEstimator, CDEnergyEstimator)}
+    if name not in classes:
+        raise CLIError(f"{path} is not a model saved by `skdcd fit --out *.pt`")
+    try:
+        return classes[name].load(path)
+    except ValueError as exc:
+        raise CLIError(f"{path}: {exc}") from exc
 
 
 def _check_width(model: Any, X: np.ndarray, path: str) -> None:
@@ -381,7 +404,12 @@ def _fit(args: argparse.Namespace) -> int:
     fit_time = time.perf_counter() - start
     log_z = est.log_partition_  # computed once here (AIS can be slow), saved with the model
     est.set_params(verbose=saved_verbose)
-    _write_atomic(out, lambda f: joblib.dump(est, f))
+    if out.suffix.lower() == ".pt":  # weights and JSON only; save() is atomic itself
+        if est.energy_net is not None:
+            raise CLIError("--out *.pt cannot hold a custom energy_net; use a .joblib file")
+        est.save(out)
+    else:
+        _write_atomic(out, lambda f: joblib.dump(est, f))
     loss = f", final loss {est.loss_curve_[-1]:.4g}" if est.loss_curve_ else ""
     std = f" ± {est.log_partition_std_:.2g}" if est.log_partition_std_ else ""
     print(f"fitted {cls.__name__} on {X.shape[0]} rows x {X.shape[1]} features in "
@@ -570,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser(
         "fit", formatter_class=raw, help="fit an estimator to DATA and save it",
         description="Fit DCDEnergyEstimator (dcd) or CDEnergyEstimator (cd) to DATA and save "
-                    "it with joblib; log Z is computed once here and saved with the model.",
+                    "it (joblib, or weights and JSON only when MODEL ends in .pt); log Z is "
+                    "computed once here and saved with the model.",
         epilog="examples:\n"
                "  skdcd fit data.csv --out m.joblib\n"
                "  skdcd fit data.npy --estimator cd --param max_iter=100 \\\n"
@@ -588,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an estimator parameter, e.g. max_iter=50 or "
                           "hidden_layer_sizes=(64,64); repeat for several")
     fit.add_argument("--out", required=True, metavar="MODEL",
-                     help="where to write the fitted model (joblib, e.g. model.joblib)")
+                     help="where to write the fitted model: model.joblib (a pickle), or "
+                          "model.pt (weights and JSON only, safe to share)")
     _add_verbose(fit, "training and AIS (the model is saved with the verbose of --param, "
                       "default 0)")
     fit.set_defaults(func=_fit)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from skdcd import CDEnergyEstimator, DCDEnergyEstimator
-from skdcd.cli import build_parser, main, parse_value
+from skdcd.cli import build_parser, load_model, main, parse_value
+from skdcd.datasets import make_toy
 from tests.conftest import FAST
 
 # small settings for every fit in this file: a few steps, a small network, cheap log Z
@@ -327,3 +328,20 @@ def test_console_script_entry_point():
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
+
+
+def test_fit_to_a_pt_file_saves_weights_only_and_every_command_reads_it(tmp_path):
+    data = tmp_path / "d.csv"
+    np.savetxt(data, make_toy("two_moons", 300, random_state=0), delimiter=",")
+    model = tmp_path / "m.pt"
+    assert _run("fit", data, "--param", "max_iter=2", "--param", "hidden_layer_sizes=(8,)",
+                "--param", "quadrature_n_grid=32", "--out", model).returncode == 0
+    est = DCDEnergyEstimator.load(model)  # a weights-only file, not a pickle
+    assert load_model(str(model)).n_iter_ == est.n_iter_ == 2
+    done = _run("score", model, data)
+    mean = float(re.search(r"mean log-likelihood: (\S+) nats", done.stdout)[1])
+    assert done.returncode == 0
+    assert mean == pytest.approx(est.score(np.loadtxt(data, delimiter=",")), abs=1e-3)
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    done = _run("score", tmp_path / "bad.pt", data)
+    assert done.returncode == 1 and "cannot read" in done.stderr
