@@ -265,14 +265,18 @@ def report(result: dict, fig_dir: Path) -> str:
             mine = _select(robust, method=m)
             ok = sum(r["gap"] <= GAP_GOAL for r in mine)
             diverged = sum(not math.isfinite(r["gap"]) for r in mine)
+            gaps = [r["gap"] for r in mine if math.isfinite(r["gap"])]
             table.append([m, f"{ok}/{len(mine)}", f"{ok / max(1, len(mine)):.2f}",
-                          f"{diverged}"])
+                          f"{sum(g <= 0.5 for g in gaps)}/{len(mine)}",
+                          f"{np.median(gaps):.3f}" if gaps else "—",
+                          f"{max(gaps):.2f}" if gaps else "—", f"{diverged}"])
         grid = settings["robust_grid"]
         out += ["### Robustness", "",
                 f"Grid: learning rate {grid['learning_rate']} × energy penalty "
                 f"{grid['energy_reg']} × steps {grid['steps']} on {settings['robust_toys']}, "
                 "first seed.", "",
-                md_table(["method", f"gap ≤ {GAP_GOAL}", "fraction", "non-finite"], table),
+                md_table(["method", f"gap ≤ {GAP_GOAL}", "fraction", "gap ≤ 0.5",
+                          "median gap", "worst gap", "non-finite"], table),
                 ""]
     return "\n".join(out)
 
