@@ -43,13 +43,14 @@ def time_fit(cls, params, X, steps):
 
 
 def time_bare_loop(X, steps, sigma=0.1, n_proposals=16, reg=0.01):
-    """DCD's default step without the estimator: the overhead reference."""
+    """DCD's default step (well guard included) without the estimator: the overhead reference."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     net = MLPEnergy(X.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     Z = torch.as_tensor((X - X.mean(0)) / X.std(0), dtype=torch.float32)
     n, d = Z.shape
+    low, span = Z.min(0).values - 1.0, Z.max(0).values - Z.min(0).values + 2.0
 
     def energy(x):
         return net(x) + x.pow(2).sum(1) / 18.0
@@ -66,6 +67,9 @@ def time_bare_loop(X, steps, sigma=0.1, n_proposals=16, reg=0.01):
         e_pos = energy(x)
         loss = (e_pos.mean() - (w * e).sum(1).mean()
                 + reg * (e_pos.pow(2).mean() + (w * e.pow(2)).sum(1).mean()))
+        # the default spurious-well guard (well_penalty=1): 64 uniform points in the box
+        u = low + span * torch.rand((64, d), generator=g)
+        loss = loss + torch.relu(e_pos.detach().min() - 1.0 - energy(u)).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

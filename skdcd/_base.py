@@ -38,7 +38,7 @@ from skdcd.networks import ACTIVATIONS, EnvelopedEnergy, MLPEnergy
 STEPS_PER_FIT = 2000
 # rows per chunk of the inference methods, so that memory stays flat in the number of rows:
 # without autograd (energies, quadrature) and with it (sampling, denoising)
-EVAL_BATCH = 16384
+EVAL_BATCH = 8192
 GRAD_BATCH = 4096
 WELL_PROBES = 64  # uniform points per step at which well_penalty looks for spurious wells
 
