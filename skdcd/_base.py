@@ -37,7 +37,9 @@ from skdcd.networks import ACTIVATIONS, EnvelopedEnergy, MLPEnergy
 # steps matched or beat 8,000 at 1e-3 on the 2-D toys (benchmarks/RESULTS.md)
 STEPS_PER_FIT = 2000
 # rows per chunk of the inference methods, so that memory stays flat in the number of rows:
-# without autograd (energies, quadrature) and with it (sampling, denoising)
+# without autograd (energies, quadrature) and with it (sampling, denoising). Each chunk's
+# result is copied into a preallocated array at once: small long-lived tensors between the
+# chunks' large short-lived ones fragment glibc's heap, which then grew by ~600 MB per 10⁶ rows
 EVAL_BATCH = 8192
 GRAD_BATCH = 4096
 WELL_PROBES = 64  # uniform points per step at which well_penalty looks for spurious wells
@@ -576,10 +578,12 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         # float64: batched and row-by-row evaluations then agree to ~1e-15
         device = self._runtime_device()
         net = self._energy_module(torch.float64, device)
+        out = np.empty(len(Z))
         with torch.no_grad():
-            out = [net(torch.as_tensor(Z[i:i + EVAL_BATCH], dtype=torch.float64, device=device))
-                   for i in range(0, len(Z), EVAL_BATCH)]
-        return torch.cat(out).cpu().numpy() if out else np.zeros(0)
+            for i in range(0, len(Z), EVAL_BATCH):
+                z = torch.as_tensor(Z[i:i + EVAL_BATCH], dtype=torch.float64, device=device)
+                out[i:i + EVAL_BATCH] = net(z).cpu().numpy()
+        return out
 
     def _compute_log_partition(self) -> None:
         n_features = self.n_features_in_
@@ -755,9 +759,11 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         sizes = [min(GRAD_BATCH, n_samples - i) for i in range(0, n_samples, GRAD_BATCH)]
         with ProgressBar(self.sample_steps * len(sizes), f"{type(self).__name__} sample",
                          self.verbose) as bar:
-            chunks = [self._smc_sample(net, size, generator, anneal_callback(bar))
-                      for size in sizes]
-        return torch.cat(chunks).double().cpu().numpy() * self.scale_ + self.mean_
+            out = np.empty((n_samples, self.n_features_in_))
+            for i, size in zip(range(0, n_samples, GRAD_BATCH), sizes, strict=True):
+                x = self._smc_sample(net, size, generator, anneal_callback(bar))
+                out[i:i + size] = x.double().cpu().numpy()
+        return out * self.scale_ + self.mean_
 
     def _smc_sample(self, net, n_samples: int, generator: torch.Generator,
                     callback) -> torch.Tensor:
@@ -837,11 +843,12 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         s2 = torch.as_tensor(var, dtype=torch.float64, device=device)
         generator = (_generator_from_random_state(random_state, device)
                      if method == "posterior_mean" else None)
-        out = [self._denoise_chunk(net, torch.as_tensor(Z[i:i + GRAD_BATCH],
-                                                        dtype=torch.float64, device=device),
-                                   s2, method, generator)
-               for i in range(0, len(Z), GRAD_BATCH)]
-        return torch.cat(out).cpu().numpy() * self.scale_ + self.mean_
+        out = np.empty_like(Z)
+        for i in range(0, len(Z), GRAD_BATCH):
+            y = torch.as_tensor(Z[i:i + GRAD_BATCH], dtype=torch.float64, device=device)
+            out[i:i + GRAD_BATCH] = self._denoise_chunk(net, y, s2, method,
+                                                        generator).cpu().numpy()
+        return out * self.scale_ + self.mean_
 
     def _denoise_chunk(self, net, y: torch.Tensor, s2: torch.Tensor, method: str,
                        generator: torch.Generator | None) -> torch.Tensor:

@@ -34,11 +34,11 @@ def _grid_log_mass(
     for j in range(d):
         width = 0.05 * (high[j] - low[j])
         rim |= (mesh[:, j] < low[j] + width) | (mesh[:, j] > high[j] - width)
+    neg_energy = torch.empty(len(mesh), dtype=torch.float64)  # filled in place: no heap churn
     with torch.no_grad():
-        neg_energy = torch.cat([
-            -energy_fn(torch.as_tensor(mesh[i:i + batch_size], device=device, dtype=dtype))
-            for i in range(0, len(mesh), batch_size)
-        ]).double().cpu()
+        for i in range(0, len(mesh), batch_size):
+            x = torch.as_tensor(mesh[i:i + batch_size], device=device, dtype=dtype)
+            neg_energy[i:i + batch_size] = -energy_fn(x).double().cpu()
     neg_energy = torch.nan_to_num(neg_energy, nan=-torch.inf)
     log_cell = float(np.sum(np.log((high - low) / n_grid)))
     log_total = float(torch.logsumexp(neg_energy, dim=0)) + log_cell
