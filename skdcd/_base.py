@@ -426,8 +426,9 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         self._seed = int(rng.randint(np.iinfo(np.int32).max))
         n_features = X.shape[1]
         if self.standardize:
-            self.mean_ = X.mean(axis=0)
-            scale = X.std(axis=0)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below
+                self.mean_ = X.mean(axis=0)
+                scale = X.std(axis=0)
             self.scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(self.mean_)),
                                    scale, 1.0)
         else:

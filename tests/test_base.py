@@ -662,9 +662,9 @@ def test_well_loss_is_the_squared_depth_below_the_floor():
     e_pos = torch.tensor([0.0, 0.7, 2.0])  # the floor is min - 1 = -1
     g = torch.Generator().manual_seed(0)
     flat = _Well(0.0, [0.0, 0.0], offset=-3.0)  # 2 nats below the floor everywhere
-    assert float(_well_loss(flat, e_pos, low, span, g)) == pytest.approx(4.0)
+    assert _well_loss(flat, e_pos, low, span, g).item() == pytest.approx(4.0)
     above = _Well(0.0, [0.0, 0.0], offset=-0.5)  # nowhere below the floor
-    assert float(_well_loss(above, e_pos, low, span, g)) == 0.0
+    assert _well_loss(above, e_pos, low, span, g).item() == 0.0
     well = _Well(20.0, [3.0, 3.0])
     loss = _well_loss(well, e_pos, low, span, g)
     loss.backward()
