@@ -15,10 +15,8 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from numbers import Integral, Real
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +28,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skdcd import __version__, partition, samplers
+from skdcd._io import write_atomic
 from skdcd._progress import ProgressBar, anneal_callback
 from skdcd.networks import ACTIVATIONS, EnvelopedEnergy, MLPEnergy
 
@@ -196,15 +195,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                                  if hasattr(self, "feature_names_in_") else None),
             "cache": {k: float(v) for k, v in self._cache.items()},
         }
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(path, lambda f: torch.save(payload, f))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, energy_net=None):
@@ -245,6 +236,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             raise ValueError(
                 f"{os.fspath(path)!r} uses format version {payload['format_version']}; this "
                 f"skdcd ({__version__}) reads up to {WEIGHTS_FORMAT_VERSION}. Upgrade skdcd.")
+        if cls is BaseEnergyEstimator:  # whichever estimator the file holds
+            cls = {c.__name__: c for c in cls.__subclasses__()}.get(payload["estimator"], cls)
         if payload["estimator"] != cls.__name__:
             raise ValueError(f"{os.fspath(path)!r} holds a {payload['estimator']}; load it "
                              f"with {payload['estimator']}.load.")
@@ -464,11 +457,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
 
     def _train(self, X: np.ndarray, n_epochs: int, *, cosine: bool) -> None:
         device = self._fit_device()
-        Z_np = self._standardize(X)
-        if not np.isfinite(Z_np).all():  # before any state changes: nothing is lost
-            raise ValueError(
-                "X holds values that overflow float64 once standardised with this model's "
-                f"mean_ and scale_ (largest |x| {np.abs(X).max():.3g}). Rescale X.")
+        Z_np = self._standardize_finite(X)  # before any state changes: nothing is lost
         self._z_low = np.minimum(self._z_low, Z_np.min(axis=0))
         self._z_high = np.maximum(self._z_high, Z_np.max(axis=0))
         if self.clip_margin is not None:  # the box widens with what partial_fit sees
@@ -574,6 +563,14 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
     def _standardize(self, X: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):  # callers that cannot take inf check for it
             return (X - self.mean_) / self.scale_
+
+    def _standardize_finite(self, X: np.ndarray) -> np.ndarray:
+        Z = self._standardize(X)
+        if not np.isfinite(Z).all():
+            raise ValueError(
+                "X holds values that overflow float64 once standardised with this model's "
+                f"mean_ and scale_ (largest |x| {np.abs(X).max():.3g}). Rescale X.")
+        return Z
 
     def _energy_z(self, Z: np.ndarray) -> np.ndarray:
         # float64: batched and row-by-row evaluations then agree to ~1e-15
@@ -831,11 +828,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         device = self._runtime_device()
         # float64: MAP's descent test compares energies that differ by less than float32 eps
         net = self._energy_module(torch.float64, device)
-        Z = self._standardize(X)
-        if not np.isfinite(Z).all():
-            raise ValueError(
-                "X holds values that overflow float64 once standardised with this model's "
-                f"mean_ and scale_ (largest |x| {np.abs(X).max():.3g}).")
+        Z = self._standardize_finite(X)
         with np.errstate(over="ignore"):
             var = (noise_std / self.scale_) ** 2  # (d,) noise variance in standardised units
         if not np.isfinite(var).all() or not (var > 0).all():

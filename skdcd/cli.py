@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import csv
 import math
-import os
 import sys
-import tempfile
 import textwrap
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from skdcd._io import write_atomic as _write_atomic
 
 ESTIMATORS = {"dcd": "DCDEnergyEstimator", "cd": "CDEnergyEstimator"}
 ARRAY_SUFFIXES = (".npy", ".csv", ".tsv")
@@ -176,23 +175,6 @@ def _check_out(path: str, suffixes: Sequence[str] | None = None) -> Path:
     return p
 
 
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
-                               prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _save_array(path: Path, X: np.ndarray, names: Sequence[str]) -> None:
     if path.suffix.lower() == ".npy":
         _write_atomic(path, lambda f: np.save(f, X))
@@ -262,22 +244,13 @@ def load_model(path: str) -> Any:
 
 
 def _load_weights_only(path: Path) -> Any:
-    import torch
-
-    from skdcd import CDEnergyEstimator, DCDEnergyEstimator
+    from skdcd._base import BaseEnergyEstimator
 
     try:
-        name = torch.load(path, map_location="cpu", weights_only=True).get("estimator")
-    except Exception as exc:
-        raise CLIError(f"cannot read {path} as a model saved by `skdcd fit --out *.pt` "
-                       f"({type(exc).__name__})") from exc
-    classes = {c.__name__: c for c in (DCDEnergyEstimator, CDEnergyEstimator)}
-    if name not in classes:
-        raise CLIError(f"{path} is not a model saved by `skdcd fit --out *.pt`")
-    try:
-        return classes[name].load(path)
+        return BaseEnergyEstimator.load(path)  # the class the file names
     except ValueError as exc:
-        raise CLIError(f"{path}: {exc}") from exc
+        raise CLIError(f"cannot read {path} as a model saved by `skdcd fit --out *.pt`: "
+                       f"{exc}") from exc
 
 
 def _check_width(model: Any, X: np.ndarray, path: str) -> None:

@@ -111,6 +111,15 @@ def _unchanged(X, before) -> bool:
     return bool(np.all(same))
 
 
+def _call_keeping_input(X, what: str, call):
+    """``call()``, then (also when it raised) assert that it left ``X`` unchanged."""
+    before = _snapshot(X)
+    try:
+        return call()
+    finally:
+        assert _unchanged(X, before), f"{what} modified its input"
+
+
 def _fuzz(name: str, strategy, check) -> None:
     """Run ``check`` on ``FUZZ_EXAMPLES`` examples of ``strategy``; record the outcomes."""
     counts = FUZZ_COUNTS.setdefault(name, Counter())
@@ -140,9 +149,7 @@ def fitted():
     X = np.random.RandomState(0).randn(100, 2) * [1.0, 3.0] + [5.0, -1.0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        models = {"dcd": DCDEnergyEstimator(**TINY).fit(X),
-                  "cd": CDEnergyEstimator(**{k: v for k, v in TINY.items()
-                                             if k != "n_proposals"}).fit(X)}
+        models = {which: _fresh(which).fit(X) for which in ("dcd", "cd")}
     for est in models.values():
         est.log_partition_  # noqa: B018 - cached once, not per example
     probe = X[:5]
@@ -172,12 +179,8 @@ def _n_out(X) -> int:
 def test_fuzz_fit():
     def check(case):
         which, X = case
-        before = _snapshot(X)
         est = _fresh(which)
-        try:
-            est.fit(X)
-        finally:
-            assert _unchanged(X, before), "fit modified its input"
+        _call_keeping_input(X, "fit", lambda: est.fit(X))
         assert _finite_params(est)
         log_q = est.score_samples(X)
         assert log_q.shape == (_n_out(X),) and not np.isnan(log_q).any()
@@ -191,11 +194,7 @@ def test_fuzz_partial_fit():
         est = _fresh(which)
         est.partial_fit(X)
         assert _finite_params(est)
-        before = _snapshot(X2)
-        try:
-            est.partial_fit(X2)
-        finally:
-            assert _unchanged(X2, before), "partial_fit modified its input"
+        _call_keeping_input(X2, "partial_fit", lambda: est.partial_fit(X2))
         assert _finite_params(est)
         assert not np.isnan(est.energy(X2)).any()
 
@@ -208,11 +207,7 @@ def test_fuzz_partial_fit():
 def test_fuzz_evaluation(method, fitted):
     def check(case):
         which, X = case
-        before = _snapshot(X)
-        try:
-            out = getattr(fitted[which], method)(X)
-        finally:
-            assert _unchanged(X, before), f"{method} modified its input"
+        out = _call_keeping_input(X, method, lambda: getattr(fitted[which], method)(X))
         if method == "score":
             assert isinstance(out, float) and not np.isnan(out)
         else:
@@ -233,11 +228,8 @@ RANDOM_STATE = st.one_of(st.integers(0, 9), st.none(), st.integers(-5, 2**32 + 5
 def test_fuzz_denoise(fitted):
     def check(case):
         which, X, noise_std, method, random_state = case
-        before = _snapshot(X)
-        try:
-            out = fitted[which].denoise(X, noise_std, method=method, random_state=random_state)
-        finally:
-            assert _unchanged(X, before), "denoise modified its input"
+        out = _call_keeping_input(X, "denoise", lambda: fitted[which].denoise(
+            X, noise_std, method=method, random_state=random_state))
         assert out.shape == (_n_out(X), 2) and np.isfinite(out).all()
 
     _fuzz("denoise", st.tuples(ESTIMATOR, messy_inputs(), NOISE_STD, METHOD, RANDOM_STATE),
