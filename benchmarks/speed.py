@@ -4,6 +4,11 @@ Run through the suite (``python -m benchmarks run --sections speed``) on an idle
 Batch 256, the default MLP, data with 2 and 64 features. The bare loop does DCD's default step
 (weighted importance negatives) in plain torch with no estimator around it; the overhead is
 the median ratio over three interleaved repeats.
+
+Images: the default convolutional energy (``image_shape``) at batch 128 on 8×8 grey and
+32×32 colour images, on the CPU and, where CUDA is available, on the GPU (with and without
+``mixed_precision``). On a GPU machine ``python -m benchmarks.speed --images`` runs only this
+part.
 """
 
 from __future__ import annotations
@@ -33,8 +38,19 @@ METHODS = {
 }
 
 
+IMAGE_METHODS = {
+    "dcd-mala-5": (DCDEnergyEstimator, {"negative_sampler": "mala"}),
+    "dcd-time-conditional": (DCDEnergyEstimator, {"negative_sampler": "mala",
+                                                  "time_conditional": True}),
+    "dcd-importance": (DCDEnergyEstimator, {"negative_sampler": "importance"}),
+    "cd-10": (CDEnergyEstimator, {"n_steps": 10}),
+}
+IMAGE_SHAPES = ((1, 8, 8), (3, 32, 32))
+
+
 def time_fit(cls, params, X, steps):
-    n_epochs = max(1, steps * 256 // len(X))
+    batch = params.get("batch_size", 256)
+    n_epochs = max(1, steps * batch // len(X))
     cls(max_iter=1, random_state=0, **params).fit(X)  # warm-up (lazy imports, allocator)
     est = cls(max_iter=n_epochs, random_state=0, **params)
     start = time.perf_counter()
@@ -76,6 +92,25 @@ def time_bare_loop(X, steps, sigma=0.1, n_proposals=16, reg=0.01):
     return (time.perf_counter() - start) / steps
 
 
+def run_images(quick: bool) -> list[dict]:
+    """Per-step times of the convolutional energy at batch 128, on each available device."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for shape in IMAGE_SHAPES:
+        X = np.random.RandomState(0).rand(1024, math.prod(shape))
+        for device in devices:
+            for amp in (False, True) if device == "cuda" else (False,):
+                steps = 2 if quick else (100 if device == "cuda" else 16)
+                for name, (cls, params) in IMAGE_METHODS.items():
+                    params = dict(params, image_shape=shape, batch_size=128, device=device,
+                                  mixed_precision=amp)
+                    sec = time_fit(cls, params, X, steps)
+                    rows.append(dict(method=name, image_shape=list(shape), device=device,
+                                     mixed_precision=amp, seconds_per_step=sec,
+                                     steps_per_second=1 / sec))
+    return rows
+
+
 def run(*, quick: bool, seeds: list[int], n_jobs: int) -> dict:
     """Per-step times, medians over interleaved repeats, with all cores for one fit at a time."""
     steps, repeats = (30, 1) if quick else (300, 3)
@@ -99,8 +134,9 @@ def run(*, quick: bool, seeds: list[int], n_jobs: int) -> dict:
         rows.append(dict(method="overhead", n_features=d, ratio=float(np.median(overhead)),
                          repeats=overhead))
     settings = dict(steps=steps, repeats=repeats, batch_size=256, n_rows=10240,
-                    threads=torch.get_num_threads())
-    return dict(settings=settings, rows=rows)
+                    threads=torch.get_num_threads(),
+                    gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    return dict(settings=settings, rows=rows, images=run_images(quick))
 
 
 def report(result: dict, fig_dir: Path) -> str:
@@ -121,7 +157,24 @@ def report(result: dict, fig_dir: Path) -> str:
         "in plain torch (no estimator).", "",
         md_table(["method", "ms/step 2-D", "ms/step 64-D", "÷ CD-10 2-D", "÷ CD-10 64-D"],
                  table), "",
-        "Estimator overhead (`fit` of DCD ÷ bare loop): " + "; ".join(over) + ".", ""])
+        "Estimator overhead (`fit` of DCD ÷ bare loop): " + "; ".join(over) + ".", "",
+        *_image_report(result)])
+
+
+def _image_report(result: dict) -> list[str]:
+    rows = result.get("images")
+    if not rows:
+        return []
+    table = [[r["method"], "×".join(map(str, r["image_shape"])),
+              r["device"] + (" (bf16)" if r["mixed_precision"] else ""),
+              f"{1000 * r['seconds_per_step']:.1f}", f"{r['steps_per_second']:.1f}"]
+             for r in rows]
+    gpu = result["settings"].get("gpu")
+    channels = DCDEnergyEstimator().conv_channels
+    return [f"Images: the default convolutional energy (`image_shape`, `conv_channels="
+            f"{channels}`), batch 128" + (f"; GPU: {gpu}" if gpu else "; no GPU on this machine")
+            + ".", "",
+            md_table(["method", "image", "device", "ms/step", "steps/s"], table), ""]
 
 
 def main():
@@ -129,7 +182,13 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--images", action="store_true", help="only the image energies")
     args = parser.parse_args()
+    if args.images:
+        rows = run_images(args.quick)
+        print(_image_report({"images": rows, "settings": {
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}}))
+        return
     result = run(quick=args.quick, seeds=[0], n_jobs=1)
     write_json(Path(__file__).with_name("results") / "speed.json", {"meta": meta(), **result})
     print(report(result, Path(__file__).with_name("figures")))

@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skdcd import __version__, partition, samplers
 from skdcd._io import write_atomic
 from skdcd._progress import ProgressBar, anneal_callback
-from skdcd.networks import ACTIVATIONS, EnvelopedEnergy, MLPEnergy
+from skdcd.networks import ACTIVATIONS, AtNoiseLevel, ConvEnergy, EnvelopedEnergy, MLPEnergy
 
 # optimisation steps that max_iter="auto" aims for; with learning_rate=1e-2 (cosine) 2,000
 # steps matched or beat 8,000 at 1e-3 on the 2-D toys (benchmarks/RESULTS.md)
@@ -77,6 +77,9 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "hidden_layer_sizes": ["array-like"],
+        "image_shape": [tuple, None],
+        "conv_channels": ["array-like"],
+        "spectral_norm": ["boolean"],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "energy_net": [callable, None],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -99,17 +102,24 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
+        "mixed_precision": ["boolean"],
+        "compile": ["boolean"],
     }
 
     def __init__(
-        self, *, hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
+        self, *, hidden_layer_sizes=(128, 128, 128), image_shape=None,
+        conv_channels=(32, 64, 64), spectral_norm=False, activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
         energy_reg=0.01, max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,
         well_penalty=1.0, standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
+        mixed_precision=False, compile=False,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.image_shape = image_shape
+        self.conv_channels = conv_channels
+        self.spectral_norm = spectral_norm
         self.activation = activation
         self.energy_net = energy_net
         self.learning_rate = learning_rate
@@ -132,6 +142,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.mixed_precision = mixed_precision
+        self.compile = compile
 
     # fitted state beyond the energy network and the optimizer, saved by :meth:`save`
     _ARRAY_STATE = ("mean_", "scale_", "_z_low", "_z_high", "_base_mean", "_base_std")
@@ -188,7 +200,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             "energy_net": self.energy_net_.state_dict(),
             "optimizer": self._optimizer_state,
             "arrays": {k: torch.from_numpy(np.asarray(getattr(self, k), dtype=np.float64))
-                       for k in self._ARRAY_STATE},
+                       for k in self._ARRAY_STATE if hasattr(self, k)},
             "scalars": json.dumps({k: _to_json(getattr(self, k)) for k in self._SCALAR_STATE}),
             "tensors": {k: getattr(self, k) for k in self._TENSOR_STATE},
             "feature_names_in": (list(map(str, self.feature_names_in_))
@@ -284,6 +296,24 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         e_neg = net(self._negatives(net, x_pos, generator).detach())  # (N,)
         return e_neg.mean(), e_neg.pow(2).mean()
 
+    def _contrastive_terms(self, net, x_pos: torch.Tensor, generator: torch.Generator
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Positive energies ``(B,)``, mean negative energy, and what ``energy_reg`` weighs.
+
+        The last is ``mean E(x_pos)² + mean E(x_neg)²`` unless a subclass rescales it.
+        """
+        neg_mean, neg_sq = self._negative_energies(net, x_pos, generator)
+        e_pos = net(x_pos)  # (B,)
+        return e_pos, neg_mean, e_pos.pow(2).mean() + neg_sq
+
+    def _noise_conditional(self) -> bool:
+        """Whether the energy takes the noise level as an input, ``E(x, σ)``."""
+        return False
+
+    def _inference_level(self) -> float:
+        """The noise level at which a noise-conditional energy models the data."""
+        raise NotImplementedError
+
     def _check_extra_params(self) -> None:
         """Cross-parameter checks that ``_parameter_constraints`` cannot express."""
 
@@ -301,6 +331,24 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             raise ValueError(
                 f"hidden_layer_sizes must be a sequence of positive integers, got {sizes!r}."
             )
+        if self.image_shape is not None:
+            shape = self.image_shape
+            if not (len(shape) == 3
+                    and all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0
+                            for s in shape)):
+                raise ValueError(f"image_shape must be None or a tuple (C, H, W) of positive "
+                                 f"integers, got {shape!r}.")
+            if math.prod(shape) != n_features:
+                raise ValueError(f"image_shape={shape!r} holds {math.prod(shape)} pixels but X "
+                                 f"has {n_features} features.")
+            channels = self.conv_channels
+            if self.energy_net is None and (
+                np.ndim(channels) != 1 or len(channels) == 0
+                or not all(isinstance(c, Integral) and not isinstance(c, bool) and c > 0
+                           for c in channels)
+            ):
+                raise ValueError(f"conv_channels must be a non-empty sequence of positive "
+                                 f"integers, got {channels!r}.")
         if self.log_partition == "quadrature" and n_features > 2:
             raise ValueError(
                 f"log_partition='quadrature' needs n_features <= 2, got {n_features}; "
@@ -419,9 +467,12 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         self._seed = int(rng.randint(np.iinfo(np.int32).max))
         n_features = X.shape[1]
         if self.standardize:
+            # images share one mean and scale over all pixels: per-pixel scaling would blow up
+            # the near-constant border pixels and distort the image that the convolutions see
+            axis = None if self.image_shape is not None else 0
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below
-                self.mean_ = X.mean(axis=0)
-                scale = X.std(axis=0)
+                self.mean_ = np.broadcast_to(X.mean(axis=axis), (n_features,)).copy()
+                scale = np.broadcast_to(X.std(axis=axis), (n_features,)).copy()
             self.scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(self.mean_)),
                                    scale, 1.0)
         else:
@@ -447,13 +498,20 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         self._init_extra_state()
 
     def _build_energy_net(self, n_features: int) -> EnvelopedEnergy:
-        net = (self.energy_net(n_features) if self.energy_net is not None
-               else MLPEnergy(n_features, tuple(self.hidden_layer_sizes), self.activation))
+        conditional = self._noise_conditional()
+        if self.energy_net is not None:
+            net = self.energy_net(n_features)
+        elif self.image_shape is not None:
+            net = ConvEnergy(self.image_shape, tuple(self.conv_channels), self.activation,
+                             spectral_norm=self.spectral_norm, noise_conditional=conditional)
+        else:
+            net = MLPEnergy(n_features, tuple(self.hidden_layer_sizes), self.activation,
+                            noise_conditional=conditional)
         if not isinstance(net, torch.nn.Module):
             raise TypeError(
                 f"energy_net must return a torch.nn.Module, got {type(net).__name__}."
             )
-        return EnvelopedEnergy(net.float(), self.envelope_std)
+        return EnvelopedEnergy(net.float(), self.envelope_std, noise_conditional=conditional)
 
     def _train(self, X: np.ndarray, n_epochs: int, *, cosine: bool) -> None:
         device = self._fit_device()
@@ -475,6 +533,13 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         generator = _seeded_generator((self._seed, 0, self.t_), device)
         net = self.energy_net_.to(device)
         net.train()
+        # the compiled module shares net's parameters; autocast leaves them in float32
+        forward = torch.compile(net) if self.compile else net
+        # bfloat16 keeps float32's range, so no loss scaling and no spurious overflow that
+        # the divergence rule below would mistake for divergence
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                                  enabled=self.mixed_precision)
+        guard_wells = self.well_penalty > 0 and not self._noise_conditional()
         optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate)
         if self._optimizer_state is not None:
             optimizer.load_state_dict(self._optimizer_state)
@@ -495,13 +560,15 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     x_pos = Z[perm[b * batch_size:(b + 1) * batch_size]]  # (B, d)
-                    neg_mean, neg_sq = self._negative_energies(net, x_pos, generator)
-                    e_pos = net(x_pos)  # (B,)
-                    loss = (e_pos.mean() - neg_mean
-                            + self.energy_reg * (e_pos.pow(2).mean() + neg_sq))
-                    if self.well_penalty > 0:
-                        loss = loss + self.well_penalty * _well_loss(
-                            net, e_pos, box_low, box_span, generator)
+                    with autocast:
+                        e_pos, neg_mean, square = self._contrastive_terms(forward, x_pos,
+                                                                          generator)
+                        e_pos = e_pos.float()
+                        loss = (e_pos.mean() - neg_mean.float()
+                                + self.energy_reg * square.float())
+                        if guard_wells:
+                            loss = loss + self.well_penalty * _well_loss(
+                                forward, e_pos, box_low, box_span, generator).float()
                     loss_value = float(loss.detach())
                     diverged = not math.isfinite(loss_value)
                     if not diverged:
@@ -558,6 +625,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         """A frozen copy of the energy on ``device`` in ``dtype`` (the fitted one is untouched)."""
         module = copy.deepcopy(self.energy_net_).to(device=device, dtype=dtype).eval()
         module.requires_grad_(False)
+        if self._noise_conditional():
+            return AtNoiseLevel(module, self._inference_level())
         return module
 
     def _standardize(self, X: np.ndarray) -> np.ndarray:
@@ -755,21 +824,32 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         net = self._energy_module(torch.float32, device)
         # independent SMC runs of at most GRAD_BATCH particles keep memory flat in n_samples
         sizes = [min(GRAD_BATCH, n_samples - i) for i in range(0, n_samples, GRAD_BATCH)]
-        with ProgressBar(self.sample_steps * len(sizes), f"{type(self).__name__} sample",
+        with ProgressBar(self._sample_work() * len(sizes), f"{type(self).__name__} sample",
                          self.verbose) as bar:
             out = np.empty((n_samples, self.n_features_in_))
             for i, size in zip(range(0, n_samples, GRAD_BATCH), sizes, strict=True):
-                x = self._smc_sample(net, size, generator, anneal_callback(bar))
+                x = self._sample_chunk(net, size, generator, bar)
                 out[i:i + size] = x.double().cpu().numpy()
         return out * self.scale_ + self.mean_
 
+    def _sample_work(self) -> int:
+        """Progress-bar units of :meth:`_sample_chunk`."""
+        return self.sample_steps
+
+    def _sample_chunk(self, net, n_samples: int, generator: torch.Generator,
+                      bar: ProgressBar) -> torch.Tensor:
+        """``n_samples`` samples (standardised units) of the energy module ``net``."""
+        return self._smc_sample(net, n_samples, generator, anneal_callback(bar))
+
     def _smc_sample(self, net, n_samples: int, generator: torch.Generator,
-                    callback) -> torch.Tensor:
+                    callback, widen: float = 0.0) -> torch.Tensor:
         device = generator.device
         n_particles = max(n_samples, 1024)
+        # the base: a Gaussian fitted to the training data, blurred by ``widen`` and broadened
+        base_std = 1.5 * np.sqrt(self._base_std**2 + widen**2)
         result = samplers.anneal(
             net, torch.as_tensor(self._base_mean, dtype=torch.float32, device=device),
-            torch.as_tensor(1.5 * self._base_std, dtype=torch.float32, device=device),
+            torch.as_tensor(base_std, dtype=torch.float32, device=device),
             n_particles=n_particles, n_steps=self.sample_steps,
             step_size=self.sample_step_size, generator=generator, resample=True,
             callback=callback,
@@ -782,7 +862,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         return samplers.mala(net, x, n_steps=max(1, self.sample_steps // 10), step_size=step,
                              generator=generator).detach()
 
-    def denoise(self, X: ArrayLike, noise_std: float, method: str = "posterior_mean",
+    def denoise(self, X: ArrayLike, noise_std: float, method: str = "auto",
                 random_state: int | np.random.RandomState | None = None) -> np.ndarray:
         """Estimate clean rows from ``X = clean + noise_std · N(0, I)`` under the model prior.
 
@@ -794,9 +874,14 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             Noisy observations, in input units.
         noise_std : float
             Standard deviation of the noise, in input units.
-        method : {"posterior_mean", "map"}, default="posterior_mean"
+        method : {"auto", "posterior_mean", "map", "tweedie"}, default="auto"
             Posterior mean (MMSE; average of a MALA chain, ``sample_steps`` steps, half
-            burn-in) or mode (MAP; gradient descent with per-row backtracking).
+            burn-in), mode (MAP; gradient descent with per-row backtracking), or Tweedie's
+            formula ``x̂ = y - σ² ∇ₓE(y, σ)``, the exact posterior mean in one gradient, for
+            a time-conditional :class:`DCDEnergyEstimator` whose ladder spans the noise
+            level (in standardised units, the same for every feature, as with
+            ``image_shape``). ``"auto"``: Tweedie where it applies, else the posterior
+            mean.
         random_state : int, RandomState instance or None, default=None
             Seed for the MALA chain (unused by ``"map"``).
 
@@ -819,8 +904,9 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         (5, 2)
         """
         check_is_fitted(self)
-        if method not in ("posterior_mean", "map"):
-            raise ValueError(f"method must be 'posterior_mean' or 'map', got {method!r}.")
+        if method not in ("auto", "posterior_mean", "map", "tweedie"):
+            raise ValueError(f"method must be 'auto', 'posterior_mean', 'map' or 'tweedie', "
+                             f"got {method!r}.")
         if (not isinstance(noise_std, Real) or isinstance(noise_std, bool)
                 or not np.isfinite(noise_std) or noise_std <= 0):
             raise ValueError(f"noise_std must be a positive finite number, got {noise_std!r}.")
@@ -834,6 +920,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         if not np.isfinite(var).all() or not (var > 0).all():
             raise ValueError(f"noise_std={noise_std!r} is out of range for data on the scale "
                              f"of this model (scale_ up to {self.scale_.max():.3g}).")
+        method = self._denoise_method(method, var)
         s2 = torch.as_tensor(var, dtype=torch.float64, device=device)
         generator = (_generator_from_random_state(random_state, device)
                      if method == "posterior_mean" else None)
@@ -844,8 +931,19 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                                                         generator).cpu().numpy()
         return out * self.scale_ + self.mean_
 
+    def _denoise_method(self, method: str, var: np.ndarray) -> str:
+        """Resolve ``"auto"`` for noise of variance ``var`` (standardised units)."""
+        if method == "tweedie":
+            raise ValueError("method='tweedie' needs a time-conditional model "
+                             "(DCDEnergyEstimator(time_conditional=True)).")
+        return "posterior_mean" if method == "auto" else method
+
     def _denoise_chunk(self, net, y: torch.Tensor, s2: torch.Tensor, method: str,
                        generator: torch.Generator | None) -> torch.Tensor:
+        if method == "tweedie":  # the level-σ view of a time-conditional energy
+            level = AtNoiseLevel(net.energy, float(torch.sqrt(s2[0])))
+            _, grad = samplers.energy_and_grad(level, y)
+            return (y - s2 * grad).detach()
         def posterior(z: torch.Tensor) -> torch.Tensor:
             return net(z) + ((y - z).pow(2) / (2.0 * s2)).sum(dim=1)
 

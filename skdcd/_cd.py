@@ -61,15 +61,18 @@ class CDEnergyEstimator(BaseEnergyEstimator):
     def __init__(
         self, *, n_steps=10, step_size=0.003, persistent=False, buffer_size=10000,
         reinit_prob=0.05,
-        hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
+        hidden_layer_sizes=(128, 128, 128), image_shape=None, conv_channels=(32, 64, 64),
+        spectral_norm=False, activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
         energy_reg=0.1, max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,
         well_penalty=1.0, standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
+        mixed_precision=False, compile=False,
     ):
         super().__init__(
-            hidden_layer_sizes=hidden_layer_sizes, activation=activation,
+            hidden_layer_sizes=hidden_layer_sizes, image_shape=image_shape,
+            conv_channels=conv_channels, spectral_norm=spectral_norm, activation=activation,
             energy_net=energy_net, learning_rate=learning_rate, lr_schedule=lr_schedule,
             batch_size=batch_size, max_iter=max_iter, energy_reg=energy_reg,
             max_grad_norm=max_grad_norm, envelope_std=envelope_std, clip_margin=clip_margin,
@@ -78,7 +81,8 @@ class CDEnergyEstimator(BaseEnergyEstimator):
             quadrature_n_grid=quadrature_n_grid, ais_n_particles=ais_n_particles,
             ais_n_steps=ais_n_steps, sample_steps=sample_steps,
             sample_step_size=sample_step_size, device=device, random_state=random_state,
-            verbose=verbose, warm_start=warm_start,
+            verbose=verbose, warm_start=warm_start, mixed_precision=mixed_precision,
+            compile=compile,
         )
         self.n_steps = n_steps
         self.step_size = step_size

@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import math
 from numbers import Integral, Real
 
 import numpy as np
 import torch
+from scipy.spatial.distance import pdist
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from skdcd import diffusion as diff
 from skdcd import samplers
 from skdcd._base import BaseEnergyEstimator
+from skdcd._progress import anneal_callback
+from skdcd.networks import AtNoiseLevel
 
 _PARAMS_DOC = """
     hidden_layer_sizes : tuple of int, default=(128, 128, 128)
         Hidden widths of the default MLP energy.
+    image_shape : tuple (C, H, W) or None, default=None
+        Read each row as a flattened image, ``X.reshape(-1, C, H, W)`` (channels first): the
+        default energy becomes the convolutional :class:`~skdcd.networks.ConvEnergy`, and
+        standardisation uses one mean and one scale for all pixels. ``None``: rows are
+        tabular and the energy is an MLP.
+    conv_channels : tuple of int, default=(32, 64, 64)
+        Channels of each stage of the convolutional energy (with ``image_shape``); each stage
+        after the first halves the resolution. Raise them for larger images.
+    spectral_norm : bool, default=False
+        Spectrally normalise every layer of the convolutional energy (with ``image_shape``).
     activation : {"silu", "softplus", "tanh", "gelu", "elu", "relu"}, default="silu"
-        Activation of the default MLP; smooth ones suit Langevin samplers.
+        Activation of the default network; smooth ones suit Langevin samplers.
     energy_net : callable or None, default=None
         ``n_features -> torch.nn.Module`` building a custom energy network that maps
-        ``(n, n_features)`` float32 tensors to ``(n,)`` or ``(n, 1)``. Overrides
-        ``hidden_layer_sizes`` and ``activation``.
+        ``(n, n_features)`` float32 tensors to ``(n,)`` or ``(n, 1)`` (with
+        ``time_conditional=True``: ``forward(x, sigma)``, ``sigma`` of shape ``(n, 1)``).
+        Overrides ``hidden_layer_sizes``, ``image_shape``'s network and ``activation``.
     learning_rate : float, default=1e-2
         Adam learning rate (the peak of the cosine schedule). With
         ``lr_schedule="constant"`` (and in ``partial_fit``) a smaller one, e.g. ``1e-3``,
@@ -82,7 +97,13 @@ _PARAMS_DOC = """
     verbose : int, default=0
         Print training progress when positive.
     warm_start : bool, default=False
-        Continue from the previous solution when ``fit`` is called again."""
+        Continue from the previous solution when ``fit`` is called again.
+    mixed_precision : bool, default=False
+        Train under bfloat16 autocast; the weights stay float32 and inference float32 or
+        float64. Faster on GPUs with bfloat16 (Ampere or newer); usually slower on CPUs.
+    compile : bool, default=False
+        Train through ``torch.compile`` of the energy. Compiling takes tens of seconds at
+        each call of ``fit`` or ``partial_fit``, so it pays only for long fits on a GPU."""
 
 _ATTRIBUTES_DOC = """
     Attributes
@@ -120,9 +141,29 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     ----------
     diffusion : {{"ve", "vp"}}, default="ve"
         Variance-exploding (``α = 1``) or variance-preserving (``α = sqrt(1 - σ²)``) kernel.
-    noise_std : float or tuple of (float, float), default=0.1
+    noise_std : float, tuple of (float, float) or "auto", default="auto"
         Kernel noise ``σ`` in standardised units, or a range ``(low, high)`` from which
-        ``σ`` is drawn log-uniformly per example. VP needs ``σ < 1``.
+        ``σ`` is drawn log-uniformly per example. VP needs ``σ < 1``. With
+        ``time_conditional=True`` it must be a range: the narrowest and widest levels of
+        the noise ladder. ``"auto"``: ``0.1``, or, when ``time_conditional=True``, a ladder
+        from ``0.05`` to the largest distance between two training rows (standardised; on
+        a subsample of 1,000 rows), wide enough that the widest level is nearly Gaussian.
+    time_conditional : bool, default=False
+        Learn a time-dependent energy ``E(x, σ)``, one EBM per level of a geometric noise
+        ladder of ``n_noise_levels`` levels spanning ``noise_std``, each the model of the data
+        diffused (VE) to that level. Each example trains one random level ``σ_i`` by DCD
+        against the next level up: negatives are posterior samples given the data diffused
+        to ``σ_{{i+1}}``.
+        ``sample`` then runs recovery sampling from the widest level down to
+        the narrowest, ``denoise`` uses Tweedie's formula at the noise's own level, and
+        ``score_samples`` is the density of the narrowest level (the data blurred by
+        ``noise_std[0]``). The energy reports ``E(x, σ_min)``. The well guard
+        (``well_penalty``) does not apply. VE only.
+    n_noise_levels : int or "auto", default="auto"
+        Levels of the noise ladder (``time_conditional=True``). ``"auto"``: neighbouring
+        levels a factor of about 1.5 apart, so that each posterior is narrow.
+    recovery_steps : int, default=20
+        MALA moves per level of recovery sampling (``time_conditional=True``).
     negative_sampler : {{"importance", "langevin", "mala", "laplace"}}, default="importance"
         How posterior negatives are drawn: sampling importance resampling of
         ``n_proposals`` Gaussian proposals (MCMC-free), ``posterior_steps`` of unadjusted
@@ -139,6 +180,9 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         cheaper to back-propagate, noisier), instead of the weighted sum over all of them.
     {_PARAMS_DOC.replace("{energy_reg}", "0.01")}
     {_ATTRIBUTES_DOC}
+    noise_levels_ : ndarray of shape (n_levels,)
+        The noise ladder in standardised units, increasing (``time_conditional=True``
+        only).
 
     See Also
     --------
@@ -160,7 +204,10 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     _parameter_constraints: dict = {
         **BaseEnergyEstimator._parameter_constraints,
         "diffusion": [StrOptions(set(diff.DIFFUSIONS))],
-        "noise_std": [Interval(Real, 0, None, closed="neither"), tuple],
+        "noise_std": [Interval(Real, 0, None, closed="neither"), tuple, StrOptions({"auto"})],
+        "time_conditional": ["boolean"],
+        "n_noise_levels": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
+        "recovery_steps": [Interval(Integral, 1, None, closed="left")],
         "negative_sampler": [StrOptions({"importance", "langevin", "mala", "laplace"})],
         "posterior_steps": [Interval(Integral, 1, None, closed="left")],
         "posterior_step_size": [Interval(Real, 0, None, closed="neither")],
@@ -169,17 +216,22 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     }
 
     def __init__(
-        self, *, diffusion="ve", noise_std=0.1, negative_sampler="importance",
+        self, *, diffusion="ve", noise_std="auto", time_conditional=False,
+        n_noise_levels="auto",
+        recovery_steps=20, negative_sampler="importance",
         posterior_steps=5, posterior_step_size=0.1, n_proposals=16, resample_proposals=False,
-        hidden_layer_sizes=(128, 128, 128), activation="silu", energy_net=None,
+        hidden_layer_sizes=(128, 128, 128), image_shape=None, conv_channels=(32, 64, 64),
+        spectral_norm=False, activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
         energy_reg=0.01, max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,
         well_penalty=1.0, standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
+        mixed_precision=False, compile=False,
     ):
         super().__init__(
-            hidden_layer_sizes=hidden_layer_sizes, activation=activation,
+            hidden_layer_sizes=hidden_layer_sizes, image_shape=image_shape,
+            conv_channels=conv_channels, spectral_norm=spectral_norm, activation=activation,
             energy_net=energy_net, learning_rate=learning_rate, lr_schedule=lr_schedule,
             batch_size=batch_size, max_iter=max_iter, energy_reg=energy_reg,
             max_grad_norm=max_grad_norm, envelope_std=envelope_std, clip_margin=clip_margin,
@@ -188,19 +240,36 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             quadrature_n_grid=quadrature_n_grid, ais_n_particles=ais_n_particles,
             ais_n_steps=ais_n_steps, sample_steps=sample_steps,
             sample_step_size=sample_step_size, device=device, random_state=random_state,
-            verbose=verbose, warm_start=warm_start,
+            verbose=verbose, warm_start=warm_start, mixed_precision=mixed_precision,
+            compile=compile,
         )
         self.diffusion = diffusion
         self.noise_std = noise_std
+        self.time_conditional = time_conditional
+        self.n_noise_levels = n_noise_levels
+        self.recovery_steps = recovery_steps
         self.negative_sampler = negative_sampler
         self.posterior_steps = posterior_steps
         self.posterior_step_size = posterior_step_size
         self.n_proposals = n_proposals
         self.resample_proposals = resample_proposals
 
+    _ARRAY_STATE = (*BaseEnergyEstimator._ARRAY_STATE, "noise_levels_")
+
+    def _noise(self) -> float | tuple[float, float]:
+        """``noise_std`` with ``"auto"`` resolved (the fitted ladder's ends once fitted)."""
+        if not isinstance(self.noise_std, str):
+            return self.noise_std
+        if not self.time_conditional:
+            return 0.1
+        if hasattr(self, "noise_levels_"):
+            return float(self.noise_levels_[0]), float(self.noise_levels_[-1])
+        return (0.05, 2.0)  # a placeholder for parameter checks before fit
+
     def _check_extra_params(self) -> None:
-        sigmas = self.noise_std if isinstance(self.noise_std, tuple) else (self.noise_std,)
-        if isinstance(self.noise_std, tuple) and not (
+        noise = self._noise()
+        sigmas = noise if isinstance(noise, tuple) else (noise,)
+        if isinstance(noise, tuple) and not (
             len(sigmas) == 2
             and all(isinstance(s, Real) and not isinstance(s, bool) for s in sigmas)
             and 0 < sigmas[0] <= sigmas[1] < np.inf
@@ -214,30 +283,143 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
                 f"diffusion='vp' needs noise_std < 1 (alpha = sqrt(1 - sigma^2)), "
                 f"got {self.noise_std!r}."
             )
+        if self.time_conditional:
+            if self.diffusion != "ve":
+                raise ValueError("time_conditional=True supports diffusion='ve' only.")
+            if not (isinstance(noise, tuple) and sigmas[0] < sigmas[1]):
+                raise ValueError(
+                    f"time_conditional=True needs noise_std='auto' or a range (low, high) "
+                    f"with low < high for its noise ladder, got {self.noise_std!r}.")
 
+    # ------------------------------------------------------------------ time-conditional
+    def _noise_conditional(self) -> bool:
+        return bool(self.time_conditional)
+
+    def _initialize(self, X: np.ndarray) -> None:
+        super()._initialize(X)
+        if not self.time_conditional:
+            return
+        low, high = self._noise()
+        if isinstance(self.noise_std, str):  # "auto": up to the data's diameter
+            Z = self._standardize(X)
+            Z = Z[np.isfinite(Z).all(axis=1)][:: max(1, math.ceil(len(Z) / 1000))]
+            high = max(float(pdist(Z).max()) if len(Z) > 1 else 0.0, 2 * low)
+        n_levels = (int(np.ceil(np.log(high / low) / np.log(1.5))) + 1
+                    if self.n_noise_levels == "auto" else self.n_noise_levels)
+        self.noise_levels_ = np.geomspace(low, high, max(n_levels, 2))  # standardised units
+
+    def _ladder(self) -> np.ndarray:
+        return self.noise_levels_
+
+    def _inference_level(self) -> float:
+        return float(self._ladder()[0])
+
+    def _contrastive_terms(self, net, x_pos: torch.Tensor, generator: torch.Generator):
+        if not self.time_conditional:
+            return super()._contrastive_terms(net, x_pos, generator)
+        # level i of each example and the next level up, whose diffused point the negative
+        # is a posterior sample given
+        ladder = torch.as_tensor(self._ladder(), dtype=x_pos.dtype, device=x_pos.device)
+        level = torch.randint(0, len(ladder) - 1, (x_pos.shape[0],), generator=generator,
+                              device=x_pos.device)  # (B,)
+        sigma, sigma_up = ladder[level].unsqueeze(1), ladder[level + 1].unsqueeze(1)  # (B, 1)
+        x_i = diff.perturb(x_pos, torch.ones_like(sigma), sigma, generator=generator)
+        delta = torch.sqrt(sigma_up**2 - sigma**2)  # (B, 1) kernel from level i to i + 1
+        x_up = diff.perturb(x_i, torch.ones_like(sigma), delta, generator=generator)
+
+        def energy_fn(x: torch.Tensor) -> torch.Tensor:  # E(·, σ_i); proposals come in blocks
+            return net(x, sigma.repeat_interleave(x.shape[0] // sigma.shape[0], dim=0))
+
+        start = None
+        if self.negative_sampler in ("langevin", "mala"):
+            # chains start at the Tweedie estimate E[x_i | x_up] = x_up - δ² ∇E(x_up, σ_{i+1})
+            # of the level above: short chains then only need to add the posterior's spread
+            _, grad_up = samplers.energy_and_grad(lambda x: net(x, sigma_up), x_up)
+            start = x_up - delta**2 * grad_up
+        neg_mean, neg_sq = self._posterior_energies(energy_fn, x_up, torch.ones_like(delta),
+                                                    delta, generator, sigma.squeeze(1) ** 2,
+                                                    start=start)
+        e_pos = energy_fn(x_i)  # (B,)
+        # each level's DCD is O(1) nats on a geometric ladder, so the levels weigh alike; the
+        # penalty acts on σ² E (see EnvelopedEnergy), which is of one size at every level
+        return e_pos, neg_mean, (sigma.squeeze(1) ** 2 * e_pos).pow(2).mean() + neg_sq
+
+    def _denoise_method(self, method: str, var: np.ndarray) -> str:
+        if not self.time_conditional or method in ("posterior_mean", "map"):
+            return super()._denoise_method(method, var)
+        ladder = self._ladder()
+        sigma = float(np.sqrt(var.max()))
+        isotropic = np.ptp(var) <= 1e-9 * var.max()
+        inside = ladder[0] * (1 - 1e-9) <= sigma <= ladder[-1] * (1 + 1e-9)
+        if isotropic and inside:
+            return "tweedie"
+        if method == "auto":
+            return "posterior_mean"
+        raise ValueError(
+            f"method='tweedie' needs noise of the same standard deviation in every standardised "
+            f"feature (true with image_shape) inside the noise ladder [{ladder[0]:.3g}, "
+            f"{ladder[-1]:.3g}]; got {sigma:.3g}"
+            + ("" if isotropic else " and features of different scales") + ".")
+
+    def _sample_work(self) -> int:
+        if not self.time_conditional:
+            return super()._sample_work()
+        return self.sample_steps + len(self.noise_levels_) - 1
+
+    def _sample_chunk(self, net, n_samples: int, generator: torch.Generator, bar):
+        if not self.time_conditional:
+            return super()._sample_chunk(net, n_samples, generator, bar)
+        energy = net.energy  # the full E(x, σ) behind the narrowest level's view
+        ladder = self._ladder()
+        top = AtNoiseLevel(energy, float(ladder[-1]))
+        x = self._smc_sample(top, n_samples, generator, anneal_callback(bar),
+                             widen=float(ladder[-1]))
+        return samplers.recovery_sample(
+            energy, x, ladder[::-1].tolist(), n_steps=self.recovery_steps,
+            step_size=self.posterior_step_size * 5, generator=generator,
+            callback=lambda k, x: bar.update(1),
+        ).detach()
+
+    # ------------------------------------------------------------------ negatives
     def _noised(self, x_pos: torch.Tensor, generator: torch.Generator):
-        sigma = diff.sample_noise_levels(x_pos.shape[0], self.noise_std, generator=generator,
+        sigma = diff.sample_noise_levels(x_pos.shape[0], self._noise(), generator=generator,
                                          device=x_pos.device, dtype=x_pos.dtype)  # (B, 1)
         alpha = diff.alpha_from_sigma(sigma, self.diffusion)  # (B, 1)
         return diff.perturb(x_pos, alpha, sigma, generator=generator), alpha, sigma  # x_t (B, d)
 
     def _negative_energies(self, net, x_pos: torch.Tensor,
                            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.negative_sampler != "importance" or self.resample_proposals:
-            return super()._negative_energies(net, x_pos, generator)
-        # Σ_j w_j E(x'_j) with w = softmax(-E): one forward pass gives weights and gradient
         x_t, alpha, sigma = self._noised(x_pos, generator)
-        proposals = samplers.gaussian_proposals(x_t, alpha, sigma, n_proposals=self.n_proposals,
-                                                generator=generator)  # (B, M, d)
-        batch, n_prop, d = proposals.shape
-        energies = net(proposals.reshape(batch * n_prop, d)).reshape(batch, n_prop)  # (B, M)
-        weights = samplers.importance_weights(energies)  # (B, M), detached
-        return ((weights * energies).sum(dim=1).mean(),
-                (weights * energies.pow(2)).sum(dim=1).mean())
+        return self._posterior_energies(net, x_t, alpha, sigma, generator, None)
 
-    def _negatives(self, energy_fn, x_pos: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
-        x_t, alpha, sigma = self._noised(x_pos, generator)
+    def _posterior_energies(self, energy_fn, x_t: torch.Tensor, alpha: torch.Tensor,
+                            sigma: torch.Tensor, generator: torch.Generator,
+                            sq_weight: torch.Tensor | None, start: torch.Tensor | None = None,
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable mean energy of the negatives, and mean of ``(sq_weight · E)²``."""
+        if self.negative_sampler == "importance" and not self.resample_proposals:
+            # Σ_j w_j E(x'_j) with w = softmax(-E): one forward pass gives weights and gradient
+            proposals = samplers.gaussian_proposals(x_t, alpha, sigma,
+                                                    n_proposals=self.n_proposals,
+                                                    generator=generator)  # (B, M, d)
+            batch, n_prop, d = proposals.shape
+            energies = energy_fn(proposals.reshape(batch * n_prop, d)).reshape(batch, n_prop)
+            weights = samplers.importance_weights(energies)  # (B, M), detached
+            scaled = energies if sq_weight is None else energies * sq_weight.unsqueeze(1)
+            return ((weights * energies).sum(dim=1).mean(),
+                    (weights * scaled.pow(2)).sum(dim=1).mean())
+        e_neg = energy_fn(self._posterior_draw(energy_fn, x_t, alpha, sigma, generator,
+                                               start).detach())  # (B,)
+        scaled = e_neg if sq_weight is None else e_neg * sq_weight
+        return e_neg.mean(), scaled.pow(2).mean()
+
+    def _posterior_draw(self, energy_fn, x_t: torch.Tensor, alpha: torch.Tensor,
+                        sigma: torch.Tensor, generator: torch.Generator,
+                        start: torch.Tensor | None = None) -> torch.Tensor:
+        """A sample of ``q(x' | x_t) ∝ exp(-E(x') - ‖x_t - α x'‖² / (2σ²))`` per row.
+
+        Langevin and MALA chains start at ``start``, by default ``x_t / α``.
+        """
         if self.negative_sampler == "importance":
             return samplers.importance_posterior(energy_fn, x_t, alpha, sigma,
                                                  n_proposals=self.n_proposals,
@@ -249,6 +431,12 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             return diff.posterior_energy(energy_fn, x, x_t, alpha, sigma)
 
         mcmc = samplers.ula if self.negative_sampler == "langevin" else samplers.mala
-        return mcmc(posterior, x_t / alpha, n_steps=self.posterior_steps,
+        return mcmc(posterior, x_t / alpha if start is None else start,
+                    n_steps=self.posterior_steps,
                     step_size=self.posterior_step_size * (sigma / alpha) ** 2,
                     generator=generator)
+
+    def _negatives(self, energy_fn, x_pos: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+        x_t, alpha, sigma = self._noised(x_pos, generator)
+        return self._posterior_draw(energy_fn, x_t, alpha, sigma, generator)

@@ -57,6 +57,8 @@ True
 from __future__ import annotations
 
 import numbers
+import os
+from numbers import Integral
 
 import numpy as np
 from scipy.special import i0e, logsumexp
@@ -481,3 +483,116 @@ def make_toy(name: str, n_samples: int = 1000, *, random_state=None) -> np.ndarr
     (5, 2)
     """
     return load_toy(name).sample(n_samples, random_state=random_state)
+
+
+def load_digits_images() -> tuple[np.ndarray, tuple[int, int, int]]:
+    """scikit-learn's 8×8 handwritten digits as flat images with pixels in [0, 1].
+
+    The 1,797 images of :func:`sklearn.datasets.load_digits`, divided by 16 (their 17 grey
+    levels become 0, 1/16, ..., 1), ready for ``image_shape=(1, 8, 8)``.
+
+    Returns
+    -------
+    X : ndarray of shape (1797, 64), dtype float64
+        One image per row, row-major.
+    image_shape : tuple of int
+        ``(1, 8, 8)``.
+
+    Examples
+    --------
+    >>> from skdcd.datasets import load_digits_images
+    >>> X, image_shape = load_digits_images()
+    >>> X.shape, image_shape, float(X.min()), float(X.max())
+    ((1797, 64), (1, 8, 8), 0.0, 1.0)
+    """
+    from sklearn.datasets import load_digits
+
+    return load_digits().data / 16.0, (1, 8, 8)
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def load_image_folder(
+    path: str | os.PathLike, image_size: int | tuple[int, int] = 32, *, grayscale: bool = False,
+    max_images: int | None = None,
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Load a folder of images (e.g. CelebA or CIFAR exported to files) as flat rows.
+
+    Files with an image extension are read recursively in sorted path order, centre-cropped
+    to the output's aspect ratio, resized with antialiasing to ``image_size`` and scaled to
+    [0, 1]. Needs Pillow (``pip install "skdcd[images]"``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A directory.
+    image_size : int or tuple (H, W), default=32
+        Output size.
+    grayscale : bool, default=False
+        Convert to one grey channel instead of RGB.
+    max_images : int or None, default=None
+        Read at most this many images (the first in sorted order).
+
+    Returns
+    -------
+    X : ndarray of shape (n_images, C·H·W), dtype float32
+        One image per row, channels first (``X.reshape(-1, C, H, W)``).
+    image_shape : tuple of int
+        ``(C, H, W)``, to pass as the estimators' ``image_shape``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> folder = tempfile.mkdtemp()
+    >>> pixels = np.random.RandomState(0).randint(0, 256, (40, 60, 3), dtype=np.uint8)
+    >>> Image.fromarray(pixels).save(os.path.join(folder, "a.png"))
+    >>> X, image_shape = load_image_folder(folder, image_size=16)
+    >>> X.shape, image_shape, X.dtype
+    ((1, 768), (3, 16, 16), dtype('float32'))
+    """
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("load_image_folder needs Pillow: pip install 'skdcd[images]'.") \
+            from exc
+    if isinstance(image_size, Integral) and not isinstance(image_size, bool):
+        size = (int(image_size), int(image_size))
+    elif (isinstance(image_size, tuple) and len(image_size) == 2
+          and all(isinstance(s, Integral) and not isinstance(s, bool) for s in image_size)):
+        size = (int(image_size[0]), int(image_size[1]))
+    else:
+        raise ValueError(f"image_size must be an int or a tuple (H, W), got {image_size!r}.")
+    if min(size) < 1:
+        raise ValueError(f"image_size must be positive, got {image_size!r}.")
+    if max_images is not None and (not isinstance(max_images, Integral) or max_images < 1):
+        raise ValueError(f"max_images must be None or a positive integer, got {max_images!r}.")
+    root = os.fspath(path)
+    if not os.path.isdir(root):
+        raise ValueError(f"{root!r} is not a directory.")
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    if max_images is not None:
+        files = files[:max_images]
+    if not files:
+        raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under {root!r}.")
+    height, width = size
+    channels = 1 if grayscale else 3
+    X = np.empty((len(files), channels * height * width), dtype=np.float32)
+    for i, file in enumerate(files):
+        try:
+            with Image.open(file) as image:
+                image = image.convert("L" if grayscale else "RGB")
+                w, h = image.size  # the largest centred box of the output's aspect ratio
+                crop_w = min(w, round(h * width / height))
+                crop_h = min(h, round(w * height / width))
+                left, top = (w - crop_w) // 2, (h - crop_h) // 2
+                image = image.crop((left, top, left + crop_w, top + crop_h))
+                image = image.resize((width, height), Image.Resampling.LANCZOS)
+                pixels = np.asarray(image, dtype=np.float32) / 255.0  # (H, W) or (H, W, C)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"Cannot read {file!r} as an image: {exc}") from exc
+        X[i] = (pixels[None] if grayscale else pixels.transpose(2, 0, 1)).reshape(-1)
+    return X, (channels, height, width)

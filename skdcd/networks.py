@@ -18,8 +18,54 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+NOISE_FEATURES = 32  # width of the sinusoidal embedding of log σ
+
+
+def noise_embedding(sigma: torch.Tensor, n_features: int = NOISE_FEATURES) -> torch.Tensor:
+    """Sinusoidal features of ``log σ``, shape ``(n, n_features)``.
+
+    The Transformer's positional encoding (Vaswani et al., 2017) applied to the noise level,
+    as in noise-conditional score networks: ``sin`` and ``cos`` of ``log σ`` at
+    geometrically spaced frequencies (periods from about 0.4 to 25 in ``log σ``), so that
+    levels a factor of 1.5 apart, and levels decades apart, both look different.
+
+    Parameters
+    ----------
+    sigma : torch.Tensor
+        Noise levels, shape ``(n, 1)``, positive.
+    n_features : int, default=32
+        Even number of output features.
+
+    Examples
+    --------
+    >>> import torch
+    >>> emb = noise_embedding(torch.tensor([[0.1], [1.0]]), 8)
+    >>> emb.shape
+    torch.Size([2, 8])
+    >>> emb[1]  # log 1 = 0: every sine is 0, every cosine 1
+    tensor([0., 0., 0., 0., 1., 1., 1., 1.])
+    """
+    freqs = torch.exp(torch.linspace(math.log(0.25), math.log(16.0), n_features // 2,
+                                     device=sigma.device, dtype=sigma.dtype))  # (F/2,)
+    angles = torch.log(sigma) * freqs  # (n, F/2)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)  # (n, F)
+
+
+class _NoiseFilm(nn.Module):
+    """Per-layer biases computed from the noise level: ``h ← h + W_l φ(emb(σ))``."""
+
+    def __init__(self, widths: Sequence[int], activation: str) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(NOISE_FEATURES, 128), ACTIVATIONS[activation]())
+        self.heads = nn.ModuleList(nn.Linear(128, w) for w in widths)
+
+    def forward(self, sigma: torch.Tensor) -> list[torch.Tensor]:
+        h = self.trunk(noise_embedding(sigma))  # (n, 128)
+        return [head(h) for head in self.heads]  # each (n, width_l)
+
+
 class MLPEnergy(nn.Module):
-    """Multi-layer perceptron with a scalar output, used as an energy ``E(x)``.
+    """Multi-layer perceptron with a scalar output, used as an energy ``E(x)`` or ``E(x, σ)``.
 
     Smooth activations (the default SiLU) give smooth energies, which Langevin-type
     samplers need: ``relu`` is available but makes ``∇E`` piecewise constant.
@@ -32,6 +78,9 @@ class MLPEnergy(nn.Module):
         Widths of the hidden layers.
     activation : str
         One of ``ACTIVATIONS``.
+    noise_conditional : bool, default=False
+        Take the noise level as a second input, ``forward(x, sigma)``: a
+        :func:`noise_embedding` of ``σ`` adds a learnt bias to each hidden layer.
 
     Examples
     --------
@@ -43,7 +92,7 @@ class MLPEnergy(nn.Module):
 
     def __init__(
         self, n_features: int, hidden_layer_sizes: Sequence[int] = (128, 128, 128),
-        activation: str = "silu",
+        activation: str = "silu", noise_conditional: bool = False,
     ) -> None:
         super().__init__()
         widths = [n_features, *hidden_layer_sizes]
@@ -52,8 +101,9 @@ class MLPEnergy(nn.Module):
             layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
         layers.append(nn.Linear(widths[-1], 1))
         self.net = nn.Sequential(*layers)
+        self.film = _NoiseFilm(widths[1:], activation) if noise_conditional else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Energy of each row of ``x`` (shape ``(n, d)``), returned with shape ``(n,)``.
 
         Examples
@@ -64,8 +114,117 @@ class MLPEnergy(nn.Module):
         >>> energy = net(x)  # calls forward
         >>> energy.shape, energy.dtype
         (torch.Size([5]), torch.float32)
+        >>> net = MLPEnergy(3, (16,), noise_conditional=True)
+        >>> net(x, torch.full((5, 1), 0.5)).shape
+        torch.Size([5])
         """
-        return self.net(x).squeeze(-1)
+        biases = _check_sigma(self.film, x, sigma)
+        if biases is None:
+            return self.net(x).squeeze(-1)
+        h = x
+        for i, layer in enumerate(self.net):  # Linear, act, Linear, act, ..., Linear
+            h = layer(h)
+            if i % 2 == 0 and i // 2 < len(biases):
+                h = h + biases[i // 2]  # the level's bias before each activation
+        return h.squeeze(-1)
+
+
+def _check_sigma(film: _NoiseFilm | None, x: torch.Tensor,
+                 sigma: torch.Tensor | None) -> list[torch.Tensor] | None:
+    if film is None:
+        if sigma is not None:
+            raise ValueError("This energy is not noise-conditional; call it without sigma.")
+        return None
+    if sigma is None or sigma.shape != (x.shape[0], 1):
+        raise ValueError(f"A noise-conditional energy needs sigma of shape ({x.shape[0]}, 1), "
+                         f"got {None if sigma is None else tuple(sigma.shape)}.")
+    return film(sigma)
+
+
+class ConvEnergy(nn.Module):
+    """Small convolutional energy for images given as flat rows, ``E(x)`` or ``E(x, σ)``.
+
+    Rows of ``(n, C·H·W)`` are reshaped to ``(n, C, H, W)``. One 3×3 convolution per stage,
+    of stride 2 after the first, each followed by a smooth activation; the last feature
+    map is flattened into a two-layer head, so the energy may depend on where things are
+    (digits and faces are aligned). Small on purpose: it trains on 8×8 digits on a CPU;
+    raise ``channels`` for larger images on a GPU. Optional spectral normalisation of every
+    layer bounds its Lipschitz constant, which keeps ``∇E`` tame for Langevin samplers.
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        ``(C, H, W)``.
+    channels : sequence of int, default=(32, 64, 64)
+        Channels of each stage.
+    activation : str, default="silu"
+        One of ``ACTIVATIONS``.
+    spectral_norm : bool, default=False
+        Wrap every convolution and linear layer in
+        :func:`torch.nn.utils.parametrizations.spectral_norm`.
+    noise_conditional : bool, default=False
+        Take the noise level as a second input, ``forward(x, sigma)``: a
+        :func:`noise_embedding` of ``σ`` adds a learnt bias to each stage's channels.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = ConvEnergy((1, 8, 8), channels=(8, 16))
+    >>> net(torch.zeros(5, 64)).shape
+    torch.Size([5])
+    >>> net = ConvEnergy((3, 16, 16), channels=(8,), noise_conditional=True)
+    >>> net(torch.zeros(2, 3 * 16 * 16), torch.full((2, 1), 0.3)).shape
+    torch.Size([2])
+    """
+
+    def __init__(
+        self, image_shape: Sequence[int], channels: Sequence[int] = (32, 64, 64),
+        activation: str = "silu", spectral_norm: bool = False,
+        noise_conditional: bool = False, head_width: int = 128,
+    ) -> None:
+        super().__init__()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        c, h, w = self.image_shape
+
+        def wrap(layer: nn.Module) -> nn.Module:
+            return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
+
+        self.convs = nn.ModuleList()
+        fan_in = c
+        for k, width in enumerate(channels):
+            stride = 1 if k == 0 else 2
+            self.convs.append(wrap(nn.Conv2d(fan_in, width, 3, stride=stride, padding=1)))
+            fan_in = width
+            if k > 0:
+                h, w = (h + 1) // 2, (w + 1) // 2
+        self.act = ACTIVATIONS[activation]()
+        self.hidden = wrap(nn.Linear(fan_in * h * w, head_width))
+        self.out = wrap(nn.Linear(head_width, 1))
+        self.film = (_NoiseFilm([*channels, head_width], activation) if noise_conditional
+                     else None)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+        """Energy of each flat image row of ``x`` (shape ``(n, C·H·W)``), shape ``(n,)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> net = ConvEnergy((1, 4, 4), channels=(4,))
+        >>> net(torch.ones(3, 16)).shape
+        torch.Size([3])
+        """
+        biases = _check_sigma(self.film, x, sigma)
+        h = x.reshape(x.shape[0], *self.image_shape)  # (n, C, H, W)
+        for k, conv in enumerate(self.convs):
+            h = conv(h)  # (n, C_k, H_k, W_k)
+            if biases is not None:
+                h = h + biases[k][:, :, None, None]
+            h = self.act(h)
+        h = self.hidden(h.flatten(1))  # (n, head_width)
+        if biases is not None:
+            h = h + biases[-1]
+        return self.out(self.act(h)).squeeze(-1)
+
 
 
 class EnvelopedEnergy(nn.Module):
@@ -78,12 +237,23 @@ class EnvelopedEnergy(nn.Module):
     spurious mode that can hold almost all of the mass; clipping the network's input to a box
     around the data (:meth:`set_bounds`) leaves only the envelope to vary out there.
 
+    A noise-conditional energy of data diffused to level ``σ`` (variance-exploding) is
+
+        E(x, σ) = f(clip_σ(x), σ) / σ² + ‖x‖² / (2 (τ² + σ²)),
+
+    the box widened by ``3σ`` and the envelope by the noise, since both describe the data
+    blurred by ``N(0, σ² I)``. Dividing by ``σ²`` lets ``f`` stay of one size across levels:
+    near the data ``E(x, σ) ≈ ‖x - x_0‖² / (2σ²)``, so ``f ≈ ‖x - x_0‖² / 2``.
+
     Parameters
     ----------
     net : torch.nn.Module
-        Maps ``(n, d)`` to ``(n,)`` or ``(n, 1)``.
+        Maps ``(n, d)`` to ``(n,)`` or ``(n, 1)``; when ``noise_conditional``, maps
+        ``(x, sigma)`` with ``sigma`` of shape ``(n, 1)``.
     envelope_std : float or None
         ``τ``; ``None`` disables the envelope.
+    noise_conditional : bool, default=False
+        The energy is ``E(x, σ)``, called as ``forward(x, sigma)``.
 
     Examples
     --------
@@ -97,10 +267,12 @@ class EnvelopedEnergy(nn.Module):
     tensor([0.0000, 0.5000, 1.0000])
     """
 
-    def __init__(self, net: nn.Module, envelope_std: float | None) -> None:
+    def __init__(self, net: nn.Module, envelope_std: float | None,
+                 noise_conditional: bool = False) -> None:
         super().__init__()
         self.net = net
         self.envelope_std = envelope_std
+        self.noise_conditional = noise_conditional
         # the network sees x clipped to [low, high] (no-op until set_bounds); beyond the box
         # only the envelope varies, so the energy cannot keep falling far from the data
         self.register_buffer("low", torch.tensor(-math.inf))
@@ -126,8 +298,8 @@ class EnvelopedEnergy(nn.Module):
         self.low = torch.as_tensor(low, dtype=self.low.dtype, device=self.low.device).clone()
         self.high = torch.as_tensor(high, dtype=self.high.dtype, device=self.high.device).clone()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Energy of each row of ``x``, shape ``(n,)``.
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+        """Energy of each row of ``x``, shape ``(n,)`` (at levels ``sigma``, ``(n, 1)``).
 
         Examples
         --------
@@ -142,7 +314,15 @@ class EnvelopedEnergy(nn.Module):
         >>> bool(torch.equal(EnvelopedEnergy(net, envelope_std=None)(x), net(x)))
         True
         """
-        energy = self.net(torch.clamp(x, self.low.to(x.dtype), self.high.to(x.dtype)))
+        low, high = self.low.to(x.dtype), self.high.to(x.dtype)
+        if not self.noise_conditional:
+            energy = self.net(torch.clamp(x, low, high))
+        else:
+            if sigma is None or sigma.shape != (x.shape[0], 1):
+                raise ValueError(f"A noise-conditional energy needs sigma of shape "
+                                 f"({x.shape[0]}, 1).")
+            clipped = torch.maximum(torch.minimum(x, high + 3.0 * sigma), low - 3.0 * sigma)
+            energy = self.net(clipped, sigma)
         if energy.ndim == 2 and energy.shape[1] == 1:
             energy = energy.squeeze(1)
         if energy.shape != x.shape[:1]:
@@ -150,6 +330,42 @@ class EnvelopedEnergy(nn.Module):
                 f"The energy network must map inputs of shape (n, d) to (n,) or (n, 1); "
                 f"got output shape {tuple(energy.shape)} for input shape {tuple(x.shape)}."
             )
-        if self.envelope_std is not None:
+        if self.noise_conditional:
+            var = sigma.squeeze(1).pow(2)  # (n,)
+            energy = energy / var
+            if self.envelope_std is not None:
+                energy = energy + x.pow(2).sum(dim=1) / (2.0 * (self.envelope_std**2 + var))
+        elif self.envelope_std is not None:
             energy = energy + x.pow(2).sum(dim=1) / (2.0 * self.envelope_std**2)
         return energy
+
+
+class AtNoiseLevel(nn.Module):
+    """A noise-conditional energy frozen at one level: ``x ↦ E(x, σ)``.
+
+    Parameters
+    ----------
+    energy : torch.nn.Module
+        Called as ``energy(x, sigma)``.
+    sigma : float
+        The level.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = EnvelopedEnergy(MLPEnergy(2, (8,), noise_conditional=True), 3.0,
+    ...                       noise_conditional=True)
+    >>> x = torch.zeros(4, 2)
+    >>> bool(torch.equal(AtNoiseLevel(net, 0.5)(x), net(x, torch.full((4, 1), 0.5))))
+    True
+    """
+
+    def __init__(self, energy: nn.Module, sigma: float) -> None:
+        super().__init__()
+        self.energy = energy
+        self.sigma = float(sigma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``E(x, σ)`` for each row of ``x``, shape ``(n,)``."""
+        return self.energy(x, torch.full((x.shape[0], 1), self.sigma, dtype=x.dtype,
+                                         device=x.device))

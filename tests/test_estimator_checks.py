@@ -9,7 +9,8 @@ EXPECTED_FAILURES: dict[str, str] = {}
 
 
 @parametrize_with_checks(
-    [DCDEnergyEstimator(**FAST), CDEnergyEstimator(**FAST)],
+    [DCDEnergyEstimator(**FAST), CDEnergyEstimator(**FAST),
+     DCDEnergyEstimator(**FAST, time_conditional=True, recovery_steps=2)],
     expected_failed_checks=lambda est: EXPECTED_FAILURES,
 )
 def test_sklearn_compatible(estimator, check):

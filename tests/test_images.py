@@ -1,0 +1,290 @@
+"""Image inputs, time-conditional DCD, Tweedie denoising, recovery sampling, image loaders."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from skdcd import CDEnergyEstimator, DCDEnergyEstimator
+from skdcd.datasets import load_digits_images, load_image_folder
+from skdcd.networks import AtNoiseLevel, ConvEnergy, EnvelopedEnergy, MLPEnergy
+from skdcd.samplers import recovery_sample
+from tests.conftest import FAST
+
+IMG = dict(FAST, conv_channels=(4, 8), hidden_layer_sizes=(16,))
+
+
+@pytest.fixture
+def images():
+    rng = np.random.RandomState(0)
+    return rng.rand(60, 2 * 4 * 6)  # 60 images of shape (2, 4, 6)
+
+
+# ---------------------------------------------------------------------------- image inputs
+@pytest.mark.parametrize("cls", [DCDEnergyEstimator, CDEnergyEstimator])
+def test_image_models_keep_the_flat_shape_contract(cls, images):
+    est = cls(image_shape=(2, 4, 6), **IMG).fit(images)
+    assert isinstance(est.energy_net_.net, ConvEnergy)
+    assert est.energy(images[:5]).shape == (5,)
+    assert est.score_samples(images[:5]).shape == (5,)
+    assert est.sample(7, random_state=0).shape == (7, 48)
+    assert est.denoise(images[:3], noise_std=0.1, random_state=0).shape == (3, 48)
+    assert np.isfinite(est.score(images))
+
+
+def test_images_share_one_mean_and_scale_over_pixels(images):
+    X = images * np.linspace(0.1, 3.0, images.shape[1])  # pixels of very different spread
+    est = DCDEnergyEstimator(image_shape=(2, 4, 6), **IMG).fit(X)
+    np.testing.assert_allclose(est.mean_, X.mean())
+    np.testing.assert_allclose(est.scale_, X.std())
+    tabular = DCDEnergyEstimator(**FAST).fit(X)
+    np.testing.assert_allclose(tabular.scale_, X.std(axis=0))
+
+
+@pytest.mark.parametrize("shape, match", [
+    ((2, 4, 5), "holds 40 pixels but X has 48"),
+    ((48,), "tuple \\(C, H, W\\)"),
+    ((2, 4, 6.0), "tuple \\(C, H, W\\)"),
+    ((0, 4, 6), "tuple \\(C, H, W\\)"),
+])
+def test_bad_image_shape_is_a_clear_error(images, shape, match):
+    with pytest.raises(ValueError, match=match):
+        DCDEnergyEstimator(image_shape=shape, **IMG).fit(images)
+
+
+def test_bad_conv_channels_is_a_clear_error(images):
+    with pytest.raises(ValueError, match="conv_channels"):
+        DCDEnergyEstimator(image_shape=(2, 4, 6), **{**IMG, "conv_channels": ()}).fit(images)
+
+
+def test_conv_energy_spectral_norm_bounds_each_layer():
+    torch.manual_seed(0)
+    net = ConvEnergy((1, 8, 8), channels=(4, 8), spectral_norm=True)
+    net(torch.randn(4, 64))  # power iterations run in training mode
+    weight = net.hidden.weight  # the normalised weight
+    assert float(torch.linalg.matrix_norm(weight.detach(), ord=2)) == pytest.approx(1.0, rel=0.1)
+
+
+def test_noise_conditional_networks_need_sigma():
+    net = MLPEnergy(3, (8,), noise_conditional=True)
+    with pytest.raises(ValueError, match="sigma of shape"):
+        net(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="not noise-conditional"):
+        MLPEnergy(3, (8,))(torch.zeros(2, 3), torch.ones(2, 1))
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    low, high = net(x, torch.full((5, 1), 0.1)), net(x, torch.full((5, 1), 1.0))
+    assert not torch.allclose(low, high)  # the level changes the energy
+
+
+def test_enveloped_noise_conditional_energy_formula():
+    class Raw(nn.Module):
+        def forward(self, x, sigma):
+            return x.sum(dim=1)
+
+    energy = EnvelopedEnergy(Raw(), envelope_std=2.0, noise_conditional=True)
+    x = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
+    sigma = torch.tensor([[0.5], [2.0]])
+    expected = x.sum(dim=1) / sigma.squeeze(1) ** 2 + x.pow(2).sum(dim=1) / (
+        2 * (4.0 + sigma.squeeze(1) ** 2))
+    torch.testing.assert_close(energy(x, sigma), expected)
+    torch.testing.assert_close(AtNoiseLevel(energy, 0.5)(x[:1]), expected[:1])
+
+
+# ---------------------------------------------------------------------------- time-conditional
+class ExactGaussianLevels(nn.Module):
+    """σ² E(x, σ) for data N(0, I) diffused to σ: E = ‖x‖² / (2 (1 + σ²))."""
+
+    def __init__(self, n_features):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))  # something for Adam to hold
+
+    def forward(self, x, sigma):
+        s2 = sigma.squeeze(1) ** 2
+        return s2 * x.pow(2).sum(dim=1) / (2 * (1 + s2)) + 0.0 * self.dummy
+
+
+def _exact_gaussian_model(X):
+    return DCDEnergyEstimator(
+        time_conditional=True, noise_std=(0.05, 2.0), energy_net=ExactGaussianLevels,
+        envelope_std=None, clip_margin=None, standardize=False, max_iter=1,
+        learning_rate=1e-6, sample_steps=32, random_state=0).fit(X)
+
+
+def test_tweedie_denoising_is_exact_for_a_gaussian_prior():
+    X = np.random.RandomState(0).randn(300, 3)
+    est = _exact_gaussian_model(X)
+    y = np.random.RandomState(1).randn(20, 3) * 2
+    for sigma in (0.05, 0.3, 1.7):
+        # the posterior mean of x ~ N(0, I) given y = x + σ ε is y / (1 + σ²)
+        np.testing.assert_allclose(est.denoise(y, sigma, method="tweedie"),
+                                   y / (1 + sigma**2), rtol=1e-10)
+        np.testing.assert_allclose(est.denoise(y, sigma), y / (1 + sigma**2), rtol=1e-10)
+
+
+def test_tweedie_outside_the_ladder_or_on_marginal_models_is_an_error():
+    X = np.random.RandomState(0).randn(300, 3)
+    est = _exact_gaussian_model(X)
+    with pytest.raises(ValueError, match="inside the noise ladder"):
+        est.denoise(X[:2], 5.0, method="tweedie")
+    # "auto" falls back to the posterior mean under the narrowest level's model
+    assert est.denoise(X[:2], 5.0, random_state=0).shape == (2, 3)
+    marginal = DCDEnergyEstimator(**FAST).fit(X)
+    with pytest.raises(ValueError, match="time-conditional"):
+        marginal.denoise(X[:2], 0.1, method="tweedie")
+
+
+def test_recovery_sampling_of_the_exact_gaussian_model_gives_the_data_law():
+    X = np.random.RandomState(0).randn(300, 2)
+    samples = _exact_gaussian_model(X).sample(3000, random_state=0)
+    # the narrowest level is N(0, (1 + 0.05²) I)
+    np.testing.assert_allclose(samples.mean(axis=0), 0.0, atol=0.07)
+    np.testing.assert_allclose(samples.std(axis=0), math.sqrt(1 + 0.05**2), atol=0.05)
+
+
+def _mixture_level_energy(x, sigma):
+    """Exact E(x, σ) of ½ N(-2, 0.5²) + ½ N(2, 0.5²) diffused by N(0, σ²), 1-D."""
+    var = 0.25 + sigma.squeeze(1) ** 2
+    left = -(x[:, 0] + 2) ** 2 / (2 * var)
+    right = -(x[:, 0] - 2) ** 2 / (2 * var)
+    return -(torch.logaddexp(left, right) - 0.5 * torch.log(var))
+
+
+def test_recovery_sampler_reproduces_the_moments_of_a_mixture():
+    g = torch.Generator().manual_seed(0)
+    n, top = 4000, 3.0
+    # the widest level's exact sample: a mixture draw plus N(0, 0.25 + top²) noise
+    x = (torch.where(torch.rand(n, 1, generator=g) < 0.5, -2.0, 2.0)
+         + math.sqrt(0.25 + top**2) * torch.randn(n, 1, generator=g)).double()
+    sigmas = np.geomspace(top, 0.02, 12).tolist()
+    x = recovery_sample(_mixture_level_energy, x, sigmas, n_steps=20, step_size=0.5,
+                        generator=g).squeeze(1)
+    assert float((x > 0).double().mean()) == pytest.approx(0.5, abs=0.03)
+    assert float(x.mean()) == pytest.approx(0.0, abs=0.08)
+    assert float(x.var()) == pytest.approx(4.25 + 0.02**2, rel=0.05)
+    right = x[x > 0]
+    assert float(right.std()) == pytest.approx(0.5, rel=0.07)
+
+
+@pytest.mark.slow
+def test_time_conditional_fit_of_a_1d_mixture_recovers_its_moments():
+    rng = np.random.RandomState(0)
+    X = np.where(rng.rand(2000, 1) < 0.5, -2.0, 2.0) + 0.5 * rng.randn(2000, 1)
+    est = DCDEnergyEstimator(time_conditional=True, hidden_layer_sizes=(64, 64),
+                             max_iter=60, random_state=0).fit(X)
+    samples = est.sample(2000, random_state=0)[:, 0]
+    assert np.mean(samples > 0) == pytest.approx(0.5, abs=0.06)
+    assert samples.mean() == pytest.approx(0.0, abs=0.2)
+    assert samples.var() == pytest.approx(X.var(), rel=0.12)
+    assert samples[samples > 0].std() == pytest.approx(0.5, rel=0.2)
+    # and its Tweedie denoiser beats the noisy input
+    noisy = X[:500] + 0.5 * rng.randn(500, 1)
+    assert np.mean((est.denoise(noisy, 0.5) - X[:500]) ** 2) < 0.6 * 0.25
+
+
+def test_time_conditional_checks_its_parameters(images):
+    X = images[:, :3]
+    with pytest.raises(ValueError, match="diffusion='ve' only"):
+        DCDEnergyEstimator(time_conditional=True, diffusion="vp",
+                           noise_std=(0.1, 0.5), **FAST).fit(X)
+    with pytest.raises(ValueError, match="noise ladder"):
+        DCDEnergyEstimator(time_conditional=True, noise_std=0.1, **FAST).fit(X)
+
+
+@pytest.mark.parametrize("sampler", ["importance", "langevin", "mala", "laplace"])
+def test_time_conditional_fit_works_with_every_sampler(images, sampler):
+    kw = dict(IMG, resample_proposals=False)
+    est = DCDEnergyEstimator(time_conditional=True, negative_sampler=sampler,
+                             image_shape=(2, 4, 6), recovery_steps=2, **kw).fit(images)
+    assert np.isfinite(est.loss_curve_).all()
+    assert est.sample(3, random_state=0).shape == (3, 48)
+
+
+def test_time_conditional_model_round_trips_through_save(images, tmp_path):
+    est = DCDEnergyEstimator(time_conditional=True, image_shape=(2, 4, 6), recovery_steps=2,
+                             **IMG).fit(images)
+    est.save(tmp_path / "m.pt")
+    again = DCDEnergyEstimator.load(tmp_path / "m.pt")
+    np.testing.assert_array_equal(again.energy(images), est.energy(images))
+    np.testing.assert_array_equal(again.sample(4, random_state=1), est.sample(4, random_state=1))
+
+
+# ---------------------------------------------------------------------------- precision, compile
+def test_mixed_precision_trains_to_nearly_the_same_model(images):
+    kw = dict(IMG, max_iter=3, learning_rate=1e-3)
+    full = DCDEnergyEstimator(image_shape=(2, 4, 6), **kw).fit(images)
+    mixed = DCDEnergyEstimator(image_shape=(2, 4, 6), mixed_precision=True, **kw).fit(images)
+    e_full, e_mixed = full.energy(images), mixed.energy(images)
+    assert next(mixed.energy_net_.parameters()).dtype == torch.float32
+    # bfloat16 has 8 bits of mantissa: energies agree to a few percent of their spread
+    assert np.max(np.abs(e_full - e_mixed)) < 0.05 * np.ptp(e_full) + 0.05
+
+
+@pytest.mark.slow
+def test_compiled_training_gives_the_same_model(images):
+    kw = dict(IMG, max_iter=2, learning_rate=1e-3)
+    plain = DCDEnergyEstimator(image_shape=(2, 4, 6), **kw).fit(images)
+    compiled = DCDEnergyEstimator(image_shape=(2, 4, 6), compile=True, **kw).fit(images)
+    np.testing.assert_allclose(compiled.energy(images), plain.energy(images), rtol=1e-4,
+                               atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- datasets
+def test_load_digits_images():
+    X, shape = load_digits_images()
+    assert X.shape == (1797, 64) and shape == (1, 8, 8)
+    assert X.min() == 0.0 and X.max() == 1.0
+
+
+def _write(path, array):
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_load_image_folder_reads_generated_pngs(tmp_path):
+    pytest.importorskip("PIL")
+    red = np.zeros((20, 30, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    grey = np.full((12, 12), 51, dtype=np.uint8)  # 0.2
+    _write(str(tmp_path / "b" / "red.png"), red)
+    _write(str(tmp_path / "a.png"), grey)
+    (tmp_path / "notes.txt").write_text("not an image")
+    X, shape = load_image_folder(tmp_path, image_size=8)
+    assert shape == (3, 8, 8) and X.shape == (2, 192) and X.dtype == np.float32
+    # sorted paths: a.png, then b/red.png; channels first
+    np.testing.assert_allclose(X[0], 0.2, atol=1e-6)
+    images = X.reshape(-1, *shape)
+    np.testing.assert_allclose(images[1, 0], 1.0)
+    np.testing.assert_allclose(images[1, 1:], 0.0)
+    X, shape = load_image_folder(tmp_path, image_size=(4, 6), grayscale=True, max_images=1)
+    assert shape == (1, 4, 6) and X.shape == (1, 24)
+    np.testing.assert_allclose(X, 0.2, atol=1e-6)
+
+
+def test_load_image_folder_errors(tmp_path):
+    pytest.importorskip("PIL")
+    with pytest.raises(ValueError, match="not a directory"):
+        load_image_folder(tmp_path / "missing")
+    with pytest.raises(ValueError, match="No image files"):
+        load_image_folder(tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="Cannot read"):
+        load_image_folder(tmp_path)
+    for bad in (0, (8,), "32", 2.5):
+        with pytest.raises(ValueError, match="image_size"):
+            load_image_folder(tmp_path, image_size=bad)
+    with pytest.raises(ValueError, match="max_images"):
+        load_image_folder(tmp_path, max_images=0)
+
+
+def test_digits_fit_with_images_end_to_end():
+    X, shape = load_digits_images()
+    est = DCDEnergyEstimator(image_shape=shape, time_conditional=True, recovery_steps=2,
+                             **IMG).fit(X[:200])
+    assert est.sample(5, random_state=0).shape == (5, 64)
+    noisy = X[:10] + 0.2 * np.random.RandomState(0).randn(10, 64)
+    assert est.denoise(noisy, 0.2).shape == (10, 64)
