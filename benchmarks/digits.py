@@ -50,10 +50,9 @@ from skdcd import CDEnergyEstimator, DCDEnergyEstimator
 SECTION = "digits"
 
 IMAGE = {"image_shape": (1, 8, 8)}  # the convolutional energy and one scale for all pixels
-MODELS = {
-    "dcd-tc": (DCDEnergyEstimator, {**IMAGE, "time_conditional": True,
-                                    "negative_sampler": "mala"}),
-    "dcd": (DCDEnergyEstimator, {**IMAGE, "negative_sampler": "mala"}),
+MODELS = {  # defaults otherwise (DCD: MALA negatives for images)
+    "dcd-tc": (DCDEnergyEstimator, {**IMAGE, "time_conditional": True}),
+    "dcd": (DCDEnergyEstimator, IMAGE),
     "cd-10": (CDEnergyEstimator, IMAGE),
 }
 DCD = "dcd-tc"  # the DCD model that the targets are checked on: the one for images

@@ -29,8 +29,9 @@ SECTION = "speed"
 METHODS = {
     "dcd-importance": (DCDEnergyEstimator, {}),
     "dcd-importance-resampled": (DCDEnergyEstimator, {"resample_proposals": True}),
-    "dcd-langevin-5": (DCDEnergyEstimator, {"negative_sampler": "langevin"}),
-    "dcd-mala-5": (DCDEnergyEstimator, {"negative_sampler": "mala"}),
+    "dcd-langevin-5": (DCDEnergyEstimator, {"negative_sampler": "langevin",
+                                            "posterior_steps": 5}),
+    "dcd-mala-5": (DCDEnergyEstimator, {"negative_sampler": "mala", "posterior_steps": 5}),
     "dcd-laplace": (DCDEnergyEstimator, {"negative_sampler": "laplace"}),
     "cd-1": (CDEnergyEstimator, {"n_steps": 1}),
     "cd-10": (CDEnergyEstimator, {"n_steps": 10}),
@@ -38,10 +39,9 @@ METHODS = {
 }
 
 
-IMAGE_METHODS = {
-    "dcd-mala-5": (DCDEnergyEstimator, {"negative_sampler": "mala"}),
-    "dcd-time-conditional": (DCDEnergyEstimator, {"negative_sampler": "mala",
-                                                  "time_conditional": True}),
+IMAGE_METHODS = {  # DCD's defaults for images: MALA negatives, 10 steps
+    "dcd-mala-10": (DCDEnergyEstimator, {}),
+    "dcd-time-conditional": (DCDEnergyEstimator, {"time_conditional": True}),
     "dcd-importance": (DCDEnergyEstimator, {"negative_sampler": "importance"}),
     "cd-10": (CDEnergyEstimator, {"n_steps": 10}),
 }

@@ -108,7 +108,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
 
     def __init__(
         self, *, hidden_layer_sizes=(128, 128, 128), image_shape=None,
-        conv_channels=(32, 64, 64), spectral_norm=False, activation="silu", energy_net=None,
+        conv_channels=(16, 32, 64), spectral_norm=False, activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
         energy_reg=0.01, max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,
         well_penalty=1.0, standardize=True, log_partition="auto",

@@ -61,7 +61,7 @@ class CDEnergyEstimator(BaseEnergyEstimator):
     def __init__(
         self, *, n_steps=10, step_size=0.003, persistent=False, buffer_size=10000,
         reinit_prob=0.05,
-        hidden_layer_sizes=(128, 128, 128), image_shape=None, conv_channels=(32, 64, 64),
+        hidden_layer_sizes=(128, 128, 128), image_shape=None, conv_channels=(16, 32, 64),
         spectral_norm=False, activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
         energy_reg=0.1, max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,

@@ -24,7 +24,7 @@ _PARAMS_DOC = """
         default energy becomes the convolutional :class:`~skdcd.networks.ConvEnergy`, and
         standardisation uses one mean and one scale for all pixels. ``None``: rows are
         tabular and the energy is an MLP.
-    conv_channels : tuple of int, default=(32, 64, 64)
+    conv_channels : tuple of int, default=(16, 32, 64)
         Channels of each stage of the convolutional energy (with ``image_shape``); each stage
         after the first halves the resolution. Raise them for larger images.
     spectral_norm : bool, default=False
@@ -164,11 +164,15 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         levels a factor of about 1.5 apart, so that each posterior is narrow.
     recovery_steps : int, default=20
         MALA moves per level of recovery sampling (``time_conditional=True``).
-    negative_sampler : {{"importance", "langevin", "mala", "laplace"}}, default="importance"
+    negative_sampler : {{"auto", "importance", "langevin", "mala", "laplace"}}, default="auto"
         How posterior negatives are drawn: sampling importance resampling of
         ``n_proposals`` Gaussian proposals (MCMC-free), ``posterior_steps`` of unadjusted
-        or Metropolis-adjusted Langevin started at ``x_t / α``, or one Laplace step.
-    posterior_steps : int, default=5
+        or Metropolis-adjusted Langevin started at ``x_t / α`` (time-conditional: at the
+        Tweedie estimate of the posterior mean from the level above), or one Laplace step.
+        ``"auto"``: ``"mala"`` for images (``image_shape``) and time-conditional models,
+        whose posteriors are too wide or too high-dimensional for a few proposals, else
+        ``"importance"``.
+    posterior_steps : int, default=10
         Langevin/MALA steps per negative.
     posterior_step_size : float, default=0.1
         Langevin/MALA step as a fraction of the posterior variance ``σ²/α²``.
@@ -208,7 +212,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         "time_conditional": ["boolean"],
         "n_noise_levels": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
         "recovery_steps": [Interval(Integral, 1, None, closed="left")],
-        "negative_sampler": [StrOptions({"importance", "langevin", "mala", "laplace"})],
+        "negative_sampler": [StrOptions({"auto", "importance", "langevin", "mala", "laplace"})],
         "posterior_steps": [Interval(Integral, 1, None, closed="left")],
         "posterior_step_size": [Interval(Real, 0, None, closed="neither")],
         "n_proposals": [Interval(Integral, 1, None, closed="left")],
@@ -218,9 +222,9 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     def __init__(
         self, *, diffusion="ve", noise_std="auto", time_conditional=False,
         n_noise_levels="auto",
-        recovery_steps=20, negative_sampler="importance",
-        posterior_steps=5, posterior_step_size=0.1, n_proposals=16, resample_proposals=False,
-        hidden_layer_sizes=(128, 128, 128), image_shape=None, conv_channels=(32, 64, 64),
+        recovery_steps=20, negative_sampler="auto",
+        posterior_steps=10, posterior_step_size=0.1, n_proposals=16, resample_proposals=False,
+        hidden_layer_sizes=(128, 128, 128), image_shape=None, conv_channels=(16, 32, 64),
         spectral_norm=False, activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
         energy_reg=0.01, max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,
@@ -255,6 +259,13 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         self.resample_proposals = resample_proposals
 
     _ARRAY_STATE = (*BaseEnergyEstimator._ARRAY_STATE, "noise_levels_")
+
+    def _sampler(self) -> str:
+        """``negative_sampler`` with ``"auto"`` resolved."""
+        if self.negative_sampler != "auto":
+            return self.negative_sampler
+        return ("mala" if self.image_shape is not None or self.time_conditional
+                else "importance")
 
     def _noise(self) -> float | tuple[float, float]:
         """``noise_std`` with ``"auto"`` resolved (the fitted ladder's ends once fitted)."""
@@ -318,9 +329,13 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         if not self.time_conditional:
             return super()._contrastive_terms(net, x_pos, generator)
         # level i of each example and the next level up, whose diffused point the negative
-        # is a posterior sample given
-        ladder = torch.as_tensor(self._ladder(), dtype=x_pos.dtype, device=x_pos.device)
-        level = torch.randint(0, len(ladder) - 1, (x_pos.shape[0],), generator=generator,
+        # is a posterior sample given; a virtual level one step above the widest trains the
+        # widest level too, where sampling starts
+        ladder = self._ladder()
+        ladder = torch.as_tensor(np.append(ladder, ladder[-1] ** 2 / ladder[-2]),
+                                 dtype=x_pos.dtype, device=x_pos.device)  # (L + 1,)
+        top = len(ladder) - 2
+        level = torch.randint(0, top + 1, (x_pos.shape[0],), generator=generator,
                               device=x_pos.device)  # (B,)
         sigma, sigma_up = ladder[level].unsqueeze(1), ladder[level + 1].unsqueeze(1)  # (B, 1)
         x_i = diff.perturb(x_pos, torch.ones_like(sigma), sigma, generator=generator)
@@ -331,18 +346,18 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             return net(x, sigma.repeat_interleave(x.shape[0] // sigma.shape[0], dim=0))
 
         start = None
-        if self.negative_sampler in ("langevin", "mala"):
+        if self._sampler() in ("langevin", "mala"):
             # chains start at the Tweedie estimate E[x_i | x_up] = x_up - δ² ∇E(x_up, σ_{i+1})
             # of the level above: short chains then only need to add the posterior's spread
+            # (the virtual level is never trained: the widest level's chains start at x_up)
             _, grad_up = samplers.energy_and_grad(lambda x: net(x, sigma_up), x_up)
-            start = x_up - delta**2 * grad_up
+            start = torch.where((level < top).unsqueeze(1), x_up - delta**2 * grad_up, x_up)
         neg_mean, neg_sq = self._posterior_energies(energy_fn, x_up, torch.ones_like(delta),
-                                                    delta, generator, sigma.squeeze(1) ** 2,
-                                                    start=start)
+                                                    delta, generator, start=start)
         e_pos = energy_fn(x_i)  # (B,)
-        # each level's DCD is O(1) nats on a geometric ladder, so the levels weigh alike; the
-        # penalty acts on σ² E (see EnvelopedEnergy), which is of one size at every level
-        return e_pos, neg_mean, (sigma.squeeze(1) ** 2 * e_pos).pow(2).mean() + neg_sq
+        # each level's DCD is O(1) nats on a geometric ladder, and the spread of E over the
+        # diffused data is about sqrt(d / 2) at every level: levels and penalty weigh alike
+        return e_pos, neg_mean, e_pos.pow(2).mean() + neg_sq
 
     def _denoise_method(self, method: str, var: np.ndarray) -> str:
         if not self.time_conditional or method in ("posterior_mean", "map"):
@@ -390,14 +405,14 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     def _negative_energies(self, net, x_pos: torch.Tensor,
                            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x_t, alpha, sigma = self._noised(x_pos, generator)
-        return self._posterior_energies(net, x_t, alpha, sigma, generator, None)
+        return self._posterior_energies(net, x_t, alpha, sigma, generator)
 
     def _posterior_energies(self, energy_fn, x_t: torch.Tensor, alpha: torch.Tensor,
                             sigma: torch.Tensor, generator: torch.Generator,
-                            sq_weight: torch.Tensor | None, start: torch.Tensor | None = None,
+                            start: torch.Tensor | None = None,
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Differentiable mean energy of the negatives, and mean of ``(sq_weight · E)²``."""
-        if self.negative_sampler == "importance" and not self.resample_proposals:
+        """Differentiable mean energy and mean squared energy of the negatives."""
+        if self._sampler() == "importance" and not self.resample_proposals:
             # Σ_j w_j E(x'_j) with w = softmax(-E): one forward pass gives weights and gradient
             proposals = samplers.gaussian_proposals(x_t, alpha, sigma,
                                                     n_proposals=self.n_proposals,
@@ -405,13 +420,11 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             batch, n_prop, d = proposals.shape
             energies = energy_fn(proposals.reshape(batch * n_prop, d)).reshape(batch, n_prop)
             weights = samplers.importance_weights(energies)  # (B, M), detached
-            scaled = energies if sq_weight is None else energies * sq_weight.unsqueeze(1)
             return ((weights * energies).sum(dim=1).mean(),
-                    (weights * scaled.pow(2)).sum(dim=1).mean())
+                    (weights * energies.pow(2)).sum(dim=1).mean())
         e_neg = energy_fn(self._posterior_draw(energy_fn, x_t, alpha, sigma, generator,
                                                start).detach())  # (B,)
-        scaled = e_neg if sq_weight is None else e_neg * sq_weight
-        return e_neg.mean(), scaled.pow(2).mean()
+        return e_neg.mean(), e_neg.pow(2).mean()
 
     def _posterior_draw(self, energy_fn, x_t: torch.Tensor, alpha: torch.Tensor,
                         sigma: torch.Tensor, generator: torch.Generator,
@@ -420,17 +433,18 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
 
         Langevin and MALA chains start at ``start``, by default ``x_t / α``.
         """
-        if self.negative_sampler == "importance":
+        sampler = self._sampler()
+        if sampler == "importance":
             return samplers.importance_posterior(energy_fn, x_t, alpha, sigma,
                                                  n_proposals=self.n_proposals,
                                                  generator=generator)
-        if self.negative_sampler == "laplace":
+        if sampler == "laplace":
             return samplers.laplace_posterior(energy_fn, x_t, alpha, sigma, generator=generator)
 
         def posterior(x: torch.Tensor) -> torch.Tensor:
             return diff.posterior_energy(energy_fn, x, x_t, alpha, sigma)
 
-        mcmc = samplers.ula if self.negative_sampler == "langevin" else samplers.mala
+        mcmc = samplers.ula if sampler == "langevin" else samplers.mala
         return mcmc(posterior, x_t / alpha if start is None else start,
                     n_steps=self.posterior_steps,
                     step_size=self.posterior_step_size * (sigma / alpha) ** 2,

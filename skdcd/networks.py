@@ -155,7 +155,7 @@ class ConvEnergy(nn.Module):
     ----------
     image_shape : tuple of int
         ``(C, H, W)``.
-    channels : sequence of int, default=(32, 64, 64)
+    channels : sequence of int, default=(16, 32, 64)
         Channels of each stage.
     activation : str, default="silu"
         One of ``ACTIVATIONS``.
@@ -178,7 +178,7 @@ class ConvEnergy(nn.Module):
     """
 
     def __init__(
-        self, image_shape: Sequence[int], channels: Sequence[int] = (32, 64, 64),
+        self, image_shape: Sequence[int], channels: Sequence[int] = (16, 32, 64),
         activation: str = "silu", spectral_norm: bool = False,
         noise_conditional: bool = False, head_width: int = 128,
     ) -> None:

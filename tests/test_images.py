@@ -288,3 +288,34 @@ def test_digits_fit_with_images_end_to_end():
     assert est.sample(5, random_state=0).shape == (5, 64)
     noisy = X[:10] + 0.2 * np.random.RandomState(0).randn(10, 64)
     assert est.denoise(noisy, 0.2).shape == (10, 64)
+
+
+def test_auto_ladder_spans_the_data_and_steps_by_about_one_and_a_half(images):
+    est = DCDEnergyEstimator(time_conditional=True, image_shape=(2, 4, 6), recovery_steps=2,
+                             **IMG).fit(images)
+    Z = (images - est.mean_) / est.scale_
+    from scipy.spatial.distance import pdist
+
+    levels = est.noise_levels_
+    assert levels[0] == pytest.approx(0.05)
+    assert levels[-1] == pytest.approx(pdist(Z).max())
+    ratios = levels[1:] / levels[:-1]
+    assert np.allclose(ratios, ratios[0]) and 1.3 < ratios[0] <= 1.5
+
+
+@pytest.mark.slow
+def test_the_widest_level_is_trained_and_sampled_like_the_diffused_data():
+    # regression: the widest level was never a positive level (and a penalty on σ²E
+    # flattened it), so recovery started from samples uniform in the clipping box
+    X = np.random.RandomState(0).randn(2000, 2)
+    est = DCDEnergyEstimator(time_conditional=True, hidden_layer_sizes=(32, 32),
+                             max_iter=40, random_state=0).fit(X)
+    top = est.noise_levels_[-1]
+    net = est._energy_module(torch.float32, torch.device("cpu")).energy
+    from skdcd._base import _generator_from_random_state
+    from skdcd._progress import ProgressBar, anneal_callback
+
+    with ProgressBar(1, "", 0) as bar:
+        x = est._smc_sample(AtNoiseLevel(net, top), 2000, _generator_from_random_state(0, "cpu"),
+                            anneal_callback(bar), widen=top)
+    assert float(x.std()) == pytest.approx(math.sqrt(1 + top**2), rel=0.15)
