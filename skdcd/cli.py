@@ -634,9 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("data", metavar="DATA", help="the noisy data: " + DATA_HELP)
     denoise.add_argument("--noise-std", type=_positive(float), required=True, metavar="STD",
                          help="standard deviation of the noise, in the units of DATA")
-    denoise.add_argument("--method", choices=["posterior_mean", "map"],
-                         default="posterior_mean",
-                         help="posterior mean (MMSE, default) or mode (MAP)")
+    denoise.add_argument("--method", choices=["auto", "posterior_mean", "map", "tweedie"],
+                         default="auto",
+                         help="posterior mean (MMSE), mode (MAP), Tweedie's formula "
+                              "(time-conditional models), or auto (default): Tweedie where "
+                              "it applies, else the posterior mean")
     _add_array_out(denoise)
     denoise.add_argument("--random-state", type=int, default=None, metavar="SEED",
                          help="seed of the MCMC chain of posterior_mean")

@@ -149,7 +149,7 @@ def fitted():
     X = np.random.RandomState(0).randn(100, 2) * [1.0, 3.0] + [5.0, -1.0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        models = {which: _fresh(which).fit(X) for which in ("dcd", "cd")}
+        models = {which: _fresh(which).fit(X) for which in ("dcd", "cd", "dcd-tc")}
     for est in models.values():
         est.log_partition_  # noqa: B018 - cached once, not per example
     probe = X[:5]
@@ -163,12 +163,14 @@ def _finite_params(est) -> bool:
     return all(torch.isfinite(p).all() for p in est.energy_net_.parameters())
 
 
-ESTIMATOR = st.sampled_from(["dcd", "cd"])
+ESTIMATOR = st.sampled_from(["dcd", "cd", "dcd-tc"])
 
 
 def _fresh(which: str):
     if which == "dcd":
         return DCDEnergyEstimator(**TINY)
+    if which == "dcd-tc":  # time-conditional: its own ladder, recovery sampling, Tweedie
+        return DCDEnergyEstimator(**TINY, time_conditional=True, recovery_steps=2)
     return CDEnergyEstimator(**{k: v for k, v in TINY.items() if k != "n_proposals"})
 
 
@@ -219,7 +221,8 @@ def test_fuzz_evaluation(method, fitted):
 
 NOISE_STD = st.one_of(st.floats(0.01, 3), FLOATS, st.integers(-2, 3), st.none(),
                       st.text(max_size=2), st.booleans(), st.just(np.float32(0.3)), st.just([0.1]))
-METHOD = st.one_of(st.sampled_from(["posterior_mean", "map"] * 4), st.text(max_size=3),
+METHOD = st.one_of(st.sampled_from(["auto", "posterior_mean", "map", "tweedie"] * 3),
+                   st.text(max_size=3),
                    st.none())
 RANDOM_STATE = st.one_of(st.integers(0, 9), st.none(), st.integers(-5, 2**32 + 5),
                          st.text(max_size=2), st.floats(-1, 1))
