@@ -323,30 +323,20 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------ validation
     def _check_params(self, n_features: int) -> None:
         sizes = self.hidden_layer_sizes
-        if self.energy_net is None and (
-            np.ndim(sizes) != 1
-            or not all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0
-                       for s in sizes)
-        ):
+        if self.energy_net is None and not _positive_ints(sizes):
             raise ValueError(
                 f"hidden_layer_sizes must be a sequence of positive integers, got {sizes!r}."
             )
         if self.image_shape is not None:
             shape = self.image_shape
-            if not (len(shape) == 3
-                    and all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0
-                            for s in shape)):
+            if not (len(shape) == 3 and _positive_ints(shape)):
                 raise ValueError(f"image_shape must be None or a tuple (C, H, W) of positive "
                                  f"integers, got {shape!r}.")
             if math.prod(shape) != n_features:
                 raise ValueError(f"image_shape={shape!r} holds {math.prod(shape)} pixels but X "
                                  f"has {n_features} features.")
             channels = self.conv_channels
-            if self.energy_net is None and (
-                np.ndim(channels) != 1 or len(channels) == 0
-                or not all(isinstance(c, Integral) and not isinstance(c, bool) and c > 0
-                           for c in channels)
-            ):
+            if self.energy_net is None and not (_positive_ints(channels) and len(channels) > 0):
                 raise ValueError(f"conv_channels must be a non-empty sequence of positive "
                                  f"integers, got {channels!r}.")
         if self.log_partition == "quadrature" and n_features > 2:
@@ -954,6 +944,12 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         else:
             z = _mala_mean(posterior, y, step0, self.sample_steps, generator)
         return z.detach().double()
+
+
+def _positive_ints(values) -> bool:
+    """Whether ``values`` is a flat sequence of positive integers (bools excluded)."""
+    return np.ndim(values) == 1 and all(
+        isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in values)
 
 
 def _well_loss(net, e_pos: torch.Tensor, box_low: torch.Tensor, box_span: torch.Tensor,
