@@ -271,6 +271,11 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         net = est._build_energy_net(est.n_features_in_)
         state = payload["energy_net"]
         net.set_bounds(state["low"], state["high"])  # sizes the clipping box's buffers
+        if "directions" in state:  # and the Gaussian envelope's (older files have none)
+            net.set_gaussian(state["center"], state["directions"], state["variances"],
+                             state["residual_variance"])
+        else:
+            state = {**net.state_dict(), **state}
         net.load_state_dict(state)
         est.energy_net_ = net.eval()
         est._optimizer_state = payload["optimizer"]

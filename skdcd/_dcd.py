@@ -128,6 +128,31 @@ _ATTRIBUTES_DOC = """
         Its standard error (AIS; 0 for quadrature)."""
 
 
+# directions of the Gaussian envelope of a time-conditional energy, and rows that fit them
+_ENVELOPE_DIRECTIONS, _ENVELOPE_ROWS = 128, 4096
+
+
+def _gaussian_fit(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Probabilistic PCA of the rows of ``Z``: mean, directions, their variances, residual.
+
+    The leading ``_ENVELOPE_DIRECTIONS`` principal directions of an evenly spaced subsample
+    of at most ``_ENVELOPE_ROWS`` rows, and the mean variance of the rest. Variances are
+    floored at 1 % of the mean variance: the envelope may be too wide, which the network
+    corrects near the data, but never so narrow that directions the sample missed (constant
+    features; all but ``n - 1`` directions when ``n ≤ d``) cost more than the data suggests.
+    """
+    Z = Z[:: max(1, math.ceil(len(Z) / _ENVELOPE_ROWS))]
+    mean = Z.mean(axis=0)
+    n, d = Z.shape
+    _, s, vt = np.linalg.svd(Z - mean, full_matrices=False)
+    var = s**2 / max(n - 1, 1)  # (min(n, d),) descending
+    k = min(_ENVELOPE_DIRECTIONS, len(var))
+    total = max(float((Z - mean).var(axis=0, ddof=min(1, n - 1)).sum()), 1e-12)
+    floor = 1e-2 * total / d
+    residual = (total - var[:k].sum()) / (d - k) if d > k else floor
+    return mean, vt[:k].T, np.maximum(var[:k], floor), max(float(residual), floor)
+
+
 class DCDEnergyEstimator(BaseEnergyEstimator):
     __doc__ = f"""Energy-based density estimator trained by Diffusion Contrastive Divergence.
 
@@ -311,13 +336,16 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         if not self.time_conditional:
             return
         low, high = self._noise()
+        Z = self._standardize(X)
+        Z = Z[np.isfinite(Z).all(axis=1)]  # training refuses the others with a clear error
         if isinstance(self.noise_std, str):  # "auto": up to the data's diameter
-            Z = self._standardize(X)
-            Z = Z[np.isfinite(Z).all(axis=1)][:: max(1, math.ceil(len(Z) / 1000))]
-            high = max(float(pdist(Z).max()) if len(Z) > 1 else 0.0, 2 * low)
+            sub = Z[:: max(1, math.ceil(len(Z) / 1000))]
+            high = max(float(pdist(sub).max()) if len(sub) > 1 else 0.0, 2 * low)
         n_levels = (int(np.ceil(np.log(high / low) / np.log(1.5))) + 1
                     if self.n_noise_levels == "auto" else self.n_noise_levels)
         self.noise_levels_ = np.geomspace(low, high, max(n_levels, 2))  # standardised units
+        if self.envelope_std is not None and len(Z):
+            self.energy_net_.set_gaussian(*_gaussian_fit(Z))
 
     def _ladder(self) -> np.ndarray:
         return self.noise_levels_

@@ -103,6 +103,51 @@ class MLPEnergy(nn.Module):
         self.net = nn.Sequential(*layers)
         self.film = _NoiseFilm(widths[1:], activation) if noise_conditional else None
 
+    def set_gaussian(self, mean, directions, variances, residual_variance: float) -> None:
+        """Make the envelope the energy of a Gaussian: ``N(mean, U diag(λ) Uᵀ + r (I - U Uᵀ))``.
+
+        Parameters
+        ----------
+        mean : array-like of shape (n_features,)
+            ``m``.
+        directions : array-like of shape (n_features, n_directions)
+            ``U``, orthonormal columns.
+        variances : array-like of shape (n_directions,)
+            ``λ``, the variance along each direction.
+        residual_variance : float
+            ``r``, the variance in every direction orthogonal to ``U``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> class Zero(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return torch.zeros(len(x), 1)
+        >>> energy = EnvelopedEnergy(Zero(), envelope_std=1.0)
+        >>> energy.set_gaussian([1.0, 0.0], [[1.0], [0.0]], [4.0], 0.25)
+        >>> energy(torch.tensor([[3.0, 0.0], [1.0, 1.0]]))  # 2² / (2·4), 1² / (2·0.25)
+        tensor([0.5000, 2.0000])
+        """
+        def buffer(value, like):
+            return torch.as_tensor(value, dtype=like.dtype, device=like.device).clone()
+
+        self.center = buffer(mean, self.center)
+        self.directions = buffer(directions, self.directions)
+        self.variances = buffer(variances, self.variances)
+        self.residual_variance = buffer(residual_variance, self.residual_variance)
+
+    def _envelope(self, x: torch.Tensor, var: torch.Tensor | float) -> torch.Tensor:
+        """The Gaussian envelope's energy at noise variance ``var`` (0 or shape ``(n,)``)."""
+        u = x - self.center.to(x.dtype)
+        sq = u.pow(2).sum(dim=1)  # (n,)
+        energy = 0.0
+        if self.directions.numel():
+            p = u @ self.directions.to(x.dtype)  # (n, k)
+            var_k = self.variances.to(x.dtype) + torch.as_tensor(var, dtype=x.dtype).reshape(-1, 1)
+            energy = (p.pow(2) / var_k).sum(dim=1)
+            sq = (sq - p.pow(2).sum(dim=1)).clamp_min(0.0)  # rounding can take it below 0
+        return 0.5 * (energy + sq / (self.residual_variance.to(x.dtype) + var))
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Energy of each row of ``x`` (shape ``(n, d)``), returned with shape ``(n,)``.
 
@@ -245,6 +290,16 @@ class EnvelopedEnergy(nn.Module):
     blurred by ``N(0, σ² I)``. Dividing by ``σ²`` lets ``f`` stay of one size across levels:
     near the data ``E(x, σ) ≈ ‖x - x_0‖² / (2σ²)``, so ``f ≈ ‖x - x_0‖² / 2``.
 
+    :meth:`set_gaussian` replaces the isotropic envelope by the energy of a Gaussian fit of
+    the data (probabilistic PCA: mean ``m``, orthonormal directions ``U`` with variances
+    ``λ``, residual variance ``r``) diffused to level ``σ``,
+
+        ½ Σ_k p_k² / (λ_k + σ²) + ½ (‖x - m‖² - ‖p‖²) / (r + σ²),   p = Uᵀ (x - m),
+
+    which is exact for Gaussian data and tends to the truth at wide levels, so that ``f``
+    only has to learn what the Gaussian misses (the default is ``m = 0``, no directions and
+    ``r = τ²``).
+
     Parameters
     ----------
     net : torch.nn.Module
@@ -277,6 +332,12 @@ class EnvelopedEnergy(nn.Module):
         # only the envelope varies, so the energy cannot keep falling far from the data
         self.register_buffer("low", torch.tensor(-math.inf))
         self.register_buffer("high", torch.tensor(math.inf))
+        # the Gaussian envelope (set_gaussian); no directions: ‖x‖² / (2 (τ² + σ²))
+        self.register_buffer("center", torch.tensor(0.0))
+        self.register_buffer("directions", torch.zeros(0, 0))
+        self.register_buffer("variances", torch.zeros(0))
+        self.register_buffer("residual_variance",
+                             torch.tensor(math.nan if envelope_std is None else envelope_std**2))
 
     def set_bounds(self, low, high) -> None:
         """Clip the network's inputs to the box ``[low, high]`` (per feature).
@@ -297,6 +358,51 @@ class EnvelopedEnergy(nn.Module):
         """
         self.low = torch.as_tensor(low, dtype=self.low.dtype, device=self.low.device).clone()
         self.high = torch.as_tensor(high, dtype=self.high.dtype, device=self.high.device).clone()
+
+    def set_gaussian(self, mean, directions, variances, residual_variance: float) -> None:
+        """Make the envelope the energy of a Gaussian: ``N(mean, U diag(λ) Uᵀ + r (I - U Uᵀ))``.
+
+        Parameters
+        ----------
+        mean : array-like of shape (n_features,)
+            ``m``.
+        directions : array-like of shape (n_features, n_directions)
+            ``U``, orthonormal columns.
+        variances : array-like of shape (n_directions,)
+            ``λ``, the variance along each direction.
+        residual_variance : float
+            ``r``, the variance in every direction orthogonal to ``U``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> class Zero(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return torch.zeros(len(x), 1)
+        >>> energy = EnvelopedEnergy(Zero(), envelope_std=1.0)
+        >>> energy.set_gaussian([1.0, 0.0], [[1.0], [0.0]], [4.0], 0.25)
+        >>> energy(torch.tensor([[3.0, 0.0], [1.0, 1.0]]))  # 2² / (2·4), 1² / (2·0.25)
+        tensor([0.5000, 2.0000])
+        """
+        def buffer(value, like):
+            return torch.as_tensor(value, dtype=like.dtype, device=like.device).clone()
+
+        self.center = buffer(mean, self.center)
+        self.directions = buffer(directions, self.directions)
+        self.variances = buffer(variances, self.variances)
+        self.residual_variance = buffer(residual_variance, self.residual_variance)
+
+    def _envelope(self, x: torch.Tensor, var: torch.Tensor | float) -> torch.Tensor:
+        """The Gaussian envelope's energy at noise variance ``var`` (0 or shape ``(n,)``)."""
+        u = x - self.center.to(x.dtype)
+        sq = u.pow(2).sum(dim=1)  # (n,)
+        energy = 0.0
+        if self.directions.numel():
+            p = u @ self.directions.to(x.dtype)  # (n, k)
+            var_k = self.variances.to(x.dtype) + torch.as_tensor(var, dtype=x.dtype).reshape(-1, 1)
+            energy = (p.pow(2) / var_k).sum(dim=1)
+            sq = (sq - p.pow(2).sum(dim=1)).clamp_min(0.0)  # rounding can take it below 0
+        return 0.5 * (energy + sq / (self.residual_variance.to(x.dtype) + var))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Energy of each row of ``x``, shape ``(n,)`` (at levels ``sigma``, ``(n, 1)``).
@@ -330,13 +436,12 @@ class EnvelopedEnergy(nn.Module):
                 f"The energy network must map inputs of shape (n, d) to (n,) or (n, 1); "
                 f"got output shape {tuple(energy.shape)} for input shape {tuple(x.shape)}."
             )
+        var = 0.0
         if self.noise_conditional:
             var = sigma.squeeze(1).pow(2)  # (n,)
             energy = energy / var
-            if self.envelope_std is not None:
-                energy = energy + x.pow(2).sum(dim=1) / (2.0 * (self.envelope_std**2 + var))
-        elif self.envelope_std is not None:
-            energy = energy + x.pow(2).sum(dim=1) / (2.0 * self.envelope_std**2)
+        if self.envelope_std is not None:
+            energy = energy + self._envelope(x, var)
         return energy
 
 

@@ -334,3 +334,28 @@ def test_the_widest_level_is_trained_and_sampled_like_the_diffused_data():
         x = est._smc_sample(AtNoiseLevel(net, top), 2000, _generator_from_random_state(0, "cpu"),
                             anneal_callback(bar), widen=top)
     assert float(x.std()) == pytest.approx(math.sqrt(1 + top**2), rel=0.15)
+
+
+class ZeroLevels(nn.Module):
+    def __init__(self, n_features):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, sigma):
+        return 0.0 * self.dummy + x[:, 0] * 0.0
+
+
+def test_a_time_conditional_envelope_is_the_gaussian_fit_so_tweedie_is_the_wiener_filter():
+    # with the network at zero the model is the data's Gaussian fit at every level, so
+    # Tweedie's formula is the Wiener filter m + C (C + σ² I)⁻¹ (y - m)
+    rng = np.random.RandomState(0)
+    Q, _ = np.linalg.qr(rng.randn(4, 4))
+    X = rng.randn(4000, 4) @ (Q * [2.0, 1.5, 1.0, 0.7]).T + np.array([1.0, -2.0, 0.5, 3.0])
+    est = DCDEnergyEstimator(
+        time_conditional=True, noise_std=(0.05, 3.0), energy_net=ZeroLevels, clip_margin=None,
+        standardize=False, max_iter=1, learning_rate=1e-6, random_state=0).fit(X)
+    m, C = X.mean(axis=0), np.cov(X.T)
+    y = X[:10] + 0.7 * rng.randn(10, 4)
+    wiener = m + (y - m) @ np.linalg.solve(C + 0.49 * np.eye(4), C)
+    np.testing.assert_allclose(est.denoise(y, 0.7, method="tweedie"), wiener, rtol=1e-6,
+                               atol=1e-6)

@@ -36,3 +36,27 @@ def test_bounds_clip_only_the_network_input():
     # out there the network is frozen at the box corner and only the envelope moves
     assert torch.allclose(energy(far), net(corner).reshape(-1) + far.pow(2).sum(1) / 8)
     assert torch.equal(EnvelopedEnergy(net, None)(far), net(far).reshape(-1))  # default: none
+
+
+def test_gaussian_envelope_is_the_diffused_gaussian_energy():
+    # oracle: ½ (x - m)ᵀ (C + σ² I)⁻¹ (x - m) with C = U diag(λ) Uᵀ + r (I - U Uᵀ)
+    gen = torch.Generator().manual_seed(0)
+    d, k = 5, 2
+    U, _ = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))
+    lam, r = torch.tensor([3.0, 0.5], dtype=torch.float64), 0.2
+    m = torch.randn(d, generator=gen, dtype=torch.float64)
+    C = U @ torch.diag(lam) @ U.T + r * (torch.eye(d, dtype=torch.float64) - U @ U.T)
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, sigma=None):
+            return torch.zeros(len(x), dtype=x.dtype)
+
+    x = torch.randn(7, d, generator=gen, dtype=torch.float64)
+    for conditional, sigma in ((False, 0.0), (True, 0.3), (True, 4.0)):
+        energy = EnvelopedEnergy(Zero(), envelope_std=1.0, noise_conditional=conditional)
+        energy.set_gaussian(m, U, lam, r)
+        u = x - m
+        precision = torch.linalg.inv(C + sigma**2 * torch.eye(d, dtype=x.dtype))
+        expected = 0.5 * (u @ precision * u).sum(1)
+        got = energy(x, torch.full((7, 1), sigma, dtype=x.dtype)) if conditional else energy(x)
+        torch.testing.assert_close(got, expected)
