@@ -173,7 +173,7 @@ def mixture_1d():
     rng = np.random.RandomState(0)
     X = np.where(rng.rand(2000, 1) < 0.5, -2.0, 2.0) + 0.5 * rng.randn(2000, 1)
     est = DCDEnergyEstimator(time_conditional=True, hidden_layer_sizes=(64, 64),
-                             max_iter=60, random_state=0).fit(X)
+                             max_iter=150, random_state=0).fit(X)
     return X, est
 
 
@@ -182,20 +182,26 @@ def test_time_conditional_fit_of_a_1d_mixture_denoises_by_tweedie(mixture_1d):
     X, est = mixture_1d
     noisy = X[:500] + 0.5 * np.random.RandomState(1).randn(500, 1)
     # the noisy input scores 0.25 and the exact posterior mean about 0.125; this short fit
-    # reached 0.218 (a known weakness), so the test checks that Tweedie helps at all
-    assert np.mean((est.denoise(noisy, 0.5) - X[:500]) ** 2) < 0.9 * 0.25
+    # (1,200 steps) reached 0.187, and 2,400 steps 0.130
+    assert np.mean((est.denoise(noisy, 0.5) - X[:500]) ** 2) < 0.8 * 0.25
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="known weakness: after 480 steps recovery sampling puts about a "
-                          "third of the mass on one mode of two (sample mean -0.7)",
-                   strict=False)
 def test_time_conditional_fit_of_a_1d_mixture_recovers_its_moments(mixture_1d):
     X, est = mixture_1d
     samples = est.sample(2000, random_state=0)[:, 0]
-    assert np.mean(samples > 0) == pytest.approx(0.5, abs=0.06)
+    assert np.mean(samples > 0) == pytest.approx(0.5, abs=0.06)  # both modes, equal mass
     assert samples.mean() == pytest.approx(0.0, abs=0.2)
     assert samples.var() == pytest.approx(X.var(), rel=0.12)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="known weakness: each mode comes out too wide (std 0.86 after "
+                          "1,200 steps, 0.68 after 2,400, against 0.5), whatever the number "
+                          "of recovery steps", strict=False)
+def test_time_conditional_fit_of_a_1d_mixture_recovers_the_width_of_each_mode(mixture_1d):
+    X, est = mixture_1d
+    samples = est.sample(2000, random_state=0)[:, 0]
     assert samples[samples > 0].std() == pytest.approx(0.5, rel=0.2)
 
 
