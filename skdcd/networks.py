@@ -145,7 +145,8 @@ class MLPEnergy(nn.Module):
             p = u @ self.directions.to(x.dtype)  # (n, k)
             var_k = self.variances.to(x.dtype) + torch.as_tensor(var, dtype=x.dtype).reshape(-1, 1)
             energy = (p.pow(2) / var_k).sum(dim=1)
-            sq = (sq - p.pow(2).sum(dim=1)).clamp_min(0.0)  # rounding can take it below 0
+            # rounding can take the difference below 0; an overflowed sq stays inf, not nan
+            sq = torch.where(torch.isfinite(sq), (sq - p.pow(2).sum(dim=1)).clamp_min(0.0), sq)
         return 0.5 * (energy + sq / (self.residual_variance.to(x.dtype) + var))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
@@ -401,7 +402,8 @@ class EnvelopedEnergy(nn.Module):
             p = u @ self.directions.to(x.dtype)  # (n, k)
             var_k = self.variances.to(x.dtype) + torch.as_tensor(var, dtype=x.dtype).reshape(-1, 1)
             energy = (p.pow(2) / var_k).sum(dim=1)
-            sq = (sq - p.pow(2).sum(dim=1)).clamp_min(0.0)  # rounding can take it below 0
+            # rounding can take the difference below 0; an overflowed sq stays inf, not nan
+            sq = torch.where(torch.isfinite(sq), (sq - p.pow(2).sum(dim=1)).clamp_min(0.0), sq)
         return 0.5 * (energy + sq / (self.residual_variance.to(x.dtype) + var))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:

@@ -60,3 +60,13 @@ def test_gaussian_envelope_is_the_diffused_gaussian_energy():
         expected = 0.5 * (u @ precision * u).sum(1)
         got = energy(x, torch.full((7, 1), sigma, dtype=x.dtype)) if conditional else energy(x)
         torch.testing.assert_close(got, expected)
+
+
+def test_gaussian_envelope_of_a_huge_row_is_inf_not_nan():
+    # regression: ‖u‖² - ‖p‖² was inf - inf for a row of 1e300 (fuzzing found it)
+    energy = EnvelopedEnergy(torch.nn.Linear(2, 1).double(), envelope_std=1.0,
+                             noise_conditional=False)
+    energy.set_gaussian([0.0, 0.0], [[1.0], [0.0]], [2.0], 0.5)
+    energy.set_bounds([-1.0, -1.0], [1.0, 1.0])
+    out = energy(torch.tensor([[1e300, 0.0], [0.0, 1e300]], dtype=torch.float64))
+    assert torch.isinf(out).all() and (out > 0).all()
