@@ -103,52 +103,6 @@ class MLPEnergy(nn.Module):
         self.net = nn.Sequential(*layers)
         self.film = _NoiseFilm(widths[1:], activation) if noise_conditional else None
 
-    def set_gaussian(self, mean, directions, variances, residual_variance: float) -> None:
-        """Make the envelope the energy of a Gaussian: ``N(mean, U diag(λ) Uᵀ + r (I - U Uᵀ))``.
-
-        Parameters
-        ----------
-        mean : array-like of shape (n_features,)
-            ``m``.
-        directions : array-like of shape (n_features, n_directions)
-            ``U``, orthonormal columns.
-        variances : array-like of shape (n_directions,)
-            ``λ``, the variance along each direction.
-        residual_variance : float
-            ``r``, the variance in every direction orthogonal to ``U``.
-
-        Examples
-        --------
-        >>> import torch
-        >>> class Zero(torch.nn.Module):
-        ...     def forward(self, x):
-        ...         return torch.zeros(len(x), 1)
-        >>> energy = EnvelopedEnergy(Zero(), envelope_std=1.0)
-        >>> energy.set_gaussian([1.0, 0.0], [[1.0], [0.0]], [4.0], 0.25)
-        >>> energy(torch.tensor([[3.0, 0.0], [1.0, 1.0]]))  # 2² / (2·4), 1² / (2·0.25)
-        tensor([0.5000, 2.0000])
-        """
-        def buffer(value, like):
-            return torch.as_tensor(value, dtype=like.dtype, device=like.device).clone()
-
-        self.center = buffer(mean, self.center)
-        self.directions = buffer(directions, self.directions)
-        self.variances = buffer(variances, self.variances)
-        self.residual_variance = buffer(residual_variance, self.residual_variance)
-
-    def _envelope(self, x: torch.Tensor, var: torch.Tensor | float) -> torch.Tensor:
-        """The Gaussian envelope's energy at noise variance ``var`` (0 or shape ``(n,)``)."""
-        u = x - self.center.to(x.dtype)
-        sq = u.pow(2).sum(dim=1)  # (n,)
-        energy = 0.0
-        if self.directions.numel():
-            p = u @ self.directions.to(x.dtype)  # (n, k)
-            var_k = self.variances.to(x.dtype) + torch.as_tensor(var, dtype=x.dtype).reshape(-1, 1)
-            energy = (p.pow(2) / var_k).sum(dim=1)
-            # rounding can take the difference below 0; an overflowed sq stays inf, not nan
-            sq = torch.where(torch.isfinite(sq), (sq - p.pow(2).sum(dim=1)).clamp_min(0.0), sq)
-        return 0.5 * (energy + sq / (self.residual_variance.to(x.dtype) + var))
-
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Energy of each row of ``x`` (shape ``(n, d)``), returned with shape ``(n,)``.
 
