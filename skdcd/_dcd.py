@@ -380,10 +380,20 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         start = None
         if self._sampler() in ("langevin", "mala"):
             # chains start at the Tweedie estimate E[x_i | x_up] = x_up - δ² ∇E(x_up, σ_{i+1})
-            # of the level above: short chains then only need to add the posterior's spread
-            # (the virtual level is never trained: the widest level's chains start at x_up)
+            # of the level above (the virtual level is never trained: the widest level uses
+            # its envelope's), plus the envelope posterior's spread. From the mean itself, a
+            # mode, 10 MALA moves in 64 dimensions accept ~30% and leave negatives 4 nats
+            # below the data's energy even when the envelope is the exact model (Gaussian
+            # data), which biases every wide level towards too wide
+            envelope = self.energy_net_
             _, grad_up = samplers.energy_and_grad(lambda x: net(x, sigma_up), x_up)
-            start = torch.where((level < top).unsqueeze(1), x_up - delta**2 * grad_up, x_up)
+            if envelope.envelope_std is not None:
+                _, grad_top = samplers.energy_and_grad(
+                    lambda x: envelope._envelope(x, sigma_up.squeeze(1).pow(2)), x_up)
+            else:
+                grad_top = torch.zeros_like(x_up)
+            mean = x_up - delta**2 * torch.where((level < top).unsqueeze(1), grad_up, grad_top)
+            start = mean + envelope.envelope_posterior_noise(x_up, sigma, delta, generator)
         neg_mean, neg_sq = self._posterior_energies(energy_fn, x_up, torch.ones_like(delta),
                                                     delta, generator, start=start)
         e_pos = energy_fn(x_i)  # (B,)
@@ -428,7 +438,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         return samplers.recovery_sample(
             energy, x, ladder[::-1].tolist(), n_steps=self.recovery_steps,
             step_size=self.posterior_step_size * 5, generator=generator,
-            callback=lambda k, x: bar.update(1),
+            start_noise=energy.envelope_posterior_noise, callback=lambda k, x: bar.update(1),
         ).detach()
 
     # ------------------------------------------------------------------ negatives

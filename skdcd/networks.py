@@ -360,6 +360,58 @@ class EnvelopedEnergy(nn.Module):
             sq = torch.where(torch.isfinite(sq), (sq - p.pow(2).sum(dim=1)).clamp_min(0.0), sq)
         return 0.5 * (energy + sq / (self.residual_variance.to(x.dtype) + var))
 
+    def envelope_posterior_noise(self, x: torch.Tensor, sigma: torch.Tensor, delta: torch.Tensor,
+                                 generator: torch.Generator) -> torch.Tensor:
+        """Zero-mean draws with the envelope posterior's covariance at level ``σ``.
+
+        For the envelope's Gaussian ``N(m, U diag(λ) Uᵀ + r (I - U Uᵀ) + σ² I)`` of level
+        ``σ`` observed with ``N(0, δ² I)`` more noise, the posterior covariance has the
+        envelope's directions, with variance ``(λ + σ²) δ² / (λ + σ² + δ²)`` along each
+        (``r`` for the others). Added to the posterior mean, this starts a posterior chain in
+        the posterior's typical set instead of at its mode, from which MALA in many
+        dimensions rejects most moves. Zeros without an envelope.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n, n_features)
+            The observations; only their shape, dtype and device are used.
+        sigma, delta : torch.Tensor of shape (n, 1)
+            The level and the observation's extra noise of each row.
+        generator : torch.Generator
+            Source of randomness.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, n_features)
+
+        Examples
+        --------
+        >>> import torch
+        >>> energy = EnvelopedEnergy(MLPEnergy(2, (8,), noise_conditional=True), 1.0,
+        ...                          noise_conditional=True)
+        >>> energy.set_gaussian([0.0, 0.0], [[1.0], [0.0]], [3.0], 0.0)
+        >>> s = torch.ones(20000, 1)
+        >>> x = torch.zeros(20000, 2)
+        >>> noise = energy.envelope_posterior_noise(x, s, s, torch.Generator().manual_seed(0))
+        >>> expected = torch.tensor([4 / 5, 1 / 2])  # (λ + σ²) δ² / (λ + σ² + δ²), λ = 3 and 0
+        >>> bool(torch.allclose(noise.var(dim=0), expected, atol=0.02))
+        True
+        """
+        if self.envelope_std is None:
+            return torch.zeros_like(x)
+
+        def spread(var: torch.Tensor) -> torch.Tensor:  # posterior std for prior variance var
+            prior = var + sigma.pow(2)
+            return torch.sqrt(prior * delta.pow(2) / (prior + delta.pow(2)))
+
+        xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        residual = spread(self.residual_variance.to(x.dtype))  # (n, 1)
+        noise = residual * xi
+        if self.directions.numel():
+            u = self.directions.to(x.dtype)  # (d, k)
+            noise = noise + ((spread(self.variances.to(x.dtype)) - residual) * (xi @ u)) @ u.T
+        return noise
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Energy of each row of ``x``, shape ``(n,)`` (at levels ``sigma``, ``(n, 1)``).
 

@@ -460,6 +460,7 @@ def anneal(
 def recovery_sample(
     energy_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
     sigmas: Sequence[float], *, n_steps: int, step_size: float, generator: torch.Generator,
+    start_noise: Callable[..., torch.Tensor] | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Recovery sampling (Gao et al., 2021) down a variance-exploding noise ladder.
@@ -472,7 +473,9 @@ def recovery_sample(
 
     by ``n_steps`` MALA moves (one adaptive step size per chain, started at
     ``step_size · δ²``) from the Tweedie estimate ``x_k - δ² ∇E(x_k, σ_k)`` of the posterior
-    mean. Each posterior is narrower than ``δ``, so few steps suffice.
+    mean, plus ``start_noise``. Each posterior is narrower than ``δ``, so few steps suffice
+    once the chains start in its typical set; at its mean, a mode, MALA in many dimensions
+    rejects most moves.
 
     Parameters
     ----------
@@ -488,6 +491,12 @@ def recovery_sample(
         Initial MALA step as a fraction of ``δ²``.
     generator : torch.Generator
         Source of randomness.
+    start_noise : callable, optional
+        ``start_noise(x, sigma, delta, generator)`` → zero-mean draws of shape ``(n, d)``
+        with about the spread of the posterior at level ``sigma`` (shape ``(n, 1)``) given a
+        point ``delta`` above, e.g.
+        :meth:`~skdcd.networks.EnvelopedEnergy.envelope_posterior_noise`. ``None``: start
+        at the mean.
     callback : callable, optional
         Called as ``callback(k, x)`` after each level.
 
@@ -526,6 +535,8 @@ def recovery_sample(
 
         _, grad_hi = energy_and_grad(lambda z, hi=hi: energy_fn(z, hi), y)
         x = y - var * grad_hi  # Tweedie: E[x_{k+1} | x_k] under the level-k model
+        if start_noise is not None:
+            x = x + start_noise(x, lo, torch.full_like(lo, math.sqrt(var)), generator)
         energy, grad = energy_and_grad(posterior, x)
         step = torch.full((n, 1), step_size * var, dtype=x.dtype, device=x.device)
         for _ in range(n_steps):

@@ -70,3 +70,26 @@ def test_gaussian_envelope_of_a_huge_row_is_inf_not_nan():
     energy.set_bounds([-1.0, -1.0], [1.0, 1.0])
     out = energy(torch.tensor([[1e300, 0.0], [0.0, 1e300]], dtype=torch.float64))
     assert torch.isinf(out).all() and (out > 0).all()
+
+
+def test_envelope_posterior_noise_has_the_gaussian_posterior_covariance():
+    # oracle: prior N(m, C + σ² I), observation with δ² more noise → posterior covariance
+    # (C + σ² I) δ² (C + σ² I + δ² I)⁻¹
+    gen = torch.Generator().manual_seed(0)
+    d = 4
+    U, _ = torch.linalg.qr(torch.randn(d, 2, generator=gen, dtype=torch.float64))
+    lam, r = torch.tensor([3.0, 0.5], dtype=torch.float64), 0.2
+    C = U @ torch.diag(lam) @ U.T + r * (torch.eye(d, dtype=torch.float64) - U @ U.T)
+    energy = EnvelopedEnergy(torch.nn.Linear(d, 1), envelope_std=1.0, noise_conditional=True)
+    energy.set_gaussian(torch.zeros(d), U, lam, r)
+    n, sigma, delta = 200_000, 0.7, 0.4
+    x = torch.zeros(n, d, dtype=torch.float64)
+    noise = energy.envelope_posterior_noise(x, torch.full((n, 1), sigma, dtype=x.dtype),
+                                            torch.full((n, 1), delta, dtype=x.dtype), gen)
+    prior = C + sigma**2 * torch.eye(d, dtype=x.dtype)
+    expected = prior @ torch.linalg.inv(prior + delta**2 * torch.eye(d, dtype=x.dtype)) * delta**2
+    torch.testing.assert_close(noise.mean(0), torch.zeros(d, dtype=x.dtype), atol=5e-3, rtol=0)
+    torch.testing.assert_close(noise.T @ noise / n, expected, atol=5e-3, rtol=0)
+    without = EnvelopedEnergy(torch.nn.Linear(d, 1), envelope_std=None, noise_conditional=True)
+    assert not without.envelope_posterior_noise(x[:3], torch.ones(3, 1), torch.ones(3, 1),
+                                                gen).any()
