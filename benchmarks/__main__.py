@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     run_p.add_argument("--experiments", nargs="+", default=None,
                        help="density only: a subset of default/variants/curve/robustness; "
                        "their rows replace those of the same experiments in density.json")
+    run_p.add_argument("--models", nargs="+", default=None,
+                       help="digits only: rerun these EBMs (e.g. dcd-tc) and no baselines; "
+                       "their rows replace those of the same models in digits.json")
     run_p.add_argument("--out", type=Path, default=None,
                        help="results folder (default: benchmarks/ or benchmarks/quick/)")
     rep_p = sub.add_parser("report", help="rebuild RESULTS.md from the JSON results")
@@ -46,12 +49,18 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         print(f"[benchmarks] {name} ...", flush=True)
         kwargs = {"experiments": args.experiments} if name == "density" and args.experiments else {}
+        if name == "digits" and args.models:
+            kwargs = {"models": args.models}
         result = module.run(quick=args.quick, seeds=seeds, n_jobs=args.jobs, **kwargs)
         seconds = time.perf_counter() - start
         result = {"meta": {**meta(), "quick": args.quick, "section_seconds": seconds}, **result}
         path = out / "results" / f"{name}.json"
-        if kwargs and path.exists():
+        if "experiments" in kwargs and path.exists():
             result = _merge_experiments(read_json(path), result)
+        elif "models" in kwargs:
+            if not path.exists():
+                parser.error("--models replaces rows of an earlier full digits run; none found")
+            result = module.merge_models(read_json(path), result)
         write_json(path, result)
         print(f"[benchmarks] {name} done in {seconds:.0f} s", flush=True)
     print(f"wrote {write_report(out)}")

@@ -276,27 +276,51 @@ def _dispatch(kind: str, **kw):
 
 
 # ---------------------------------------------------------------------------- section
-def run(*, quick: bool, seeds: list[int], n_jobs: int) -> dict:
-    """Tune the baselines, then one job per (model, seed) and one baseline job per seed."""
+def run(*, quick: bool, seeds: list[int], n_jobs: int, models: list[str] | None = None) -> dict:
+    """Tune the baselines, then one job per (model, seed) and one baseline job per seed.
+
+    ``models``: only these EBMs, and no baselines (see :func:`merge_models`).
+    """
+    unknown = set(models or ()) - set(MODELS)
+    if unknown:
+        raise ValueError(f"unknown digits models {sorted(unknown)}; choose from {list(MODELS)}")
     cfg = _settings(quick)
     X_train, X_test = load_split()
     bandwidth = median_bandwidth(X_test)
     start = time.perf_counter()
-    chosen = tune_baselines(X_train, cfg, n_jobs)
+    chosen = tune_baselines(X_train, cfg, n_jobs) if models is None else None
     tune_seconds = time.perf_counter() - start
     common = dict(X_train=X_train, X_test=X_test, n_denoise=cfg["n_denoise"],
                   n_samples=cfg["n_samples"], bandwidth=bandwidth)
     # the slow EBM jobs first, so the cheap baseline jobs fill the gaps at the end
     jobs = [dict(kind="ebm", name=name, seed=s, max_iter=cfg["max_iter"],
-                 keep_samples=s == seeds[0], **common) for name in MODELS for s in seeds]
-    jobs += [dict(kind="baselines", seed=s, chosen=chosen, cfg=cfg, keep_samples=s == seeds[0],
-                  **common) for s in seeds]
+                 keep_samples=s == seeds[0], **common) for name in models or MODELS
+            for s in seeds]
+    if models is None:
+        jobs += [dict(kind="baselines", seed=s, chosen=chosen, cfg=cfg,
+                      keep_samples=s == seeds[0], **common) for s in seeds]
     rows = [row for part in parallel_map(_dispatch, jobs, n_jobs) for row in part]
     return dict(settings=dict(cfg, seeds=list(seeds), sigmas=list(SIGMAS),
-                              models=list(MODELS), mmd_bandwidth=bandwidth,
+                              models=list(models or MODELS), mmd_bandwidth=bandwidth,
                               gmm_reg_covar=GMM_REG_COVAR, tune_seed=TUNE_SEED,
                               tune_seconds=tune_seconds),
                 rows=rows, chosen=chosen, real=_grid(X_test))
+
+
+def merge_models(old: dict, new: dict) -> dict:
+    """``old`` with the rows of the models that ``new`` reran replaced by ``new``'s.
+
+    The baselines, their tuning and the other models stay as they were; ``runs`` records
+    which code version produced which models.
+    """
+    if new["settings"]["seeds"] != old["settings"]["seeds"]:
+        raise ValueError("rerun the models with the seeds of the full run: "
+                         f"{old['settings']['seeds']}")
+    ran = set(new["settings"]["models"])
+    rows = [r for r in old["rows"] if r["method"] not in ran] + new["rows"]
+    earlier = old.get("runs") or {"": old["meta"]}
+    runs = {**earlier, " ".join(sorted(ran)): new["meta"]}
+    return {**old, "rows": rows, "runs": runs}
 
 
 # ---------------------------------------------------------------------------- report
@@ -461,6 +485,10 @@ def report(result: dict, fig_dir: pathlib.Path) -> str:
              f"`load_digits() / 16`, 1497 training / 300 test rows, seeds {s['seeds']}, "
              f"max_iter={s['max_iter']!r}; mean ± std over seeds; denoising on "
              f"{s['n_denoise']} test images.", ""]
+    if len(result.get("runs", {})) > 1:
+        lines += ["**Mixed code versions:** " + "; ".join(
+            f"{part or 'the rest'} at commit {m.get('commit', '?')}"
+            for part, m in result["runs"].items()) + ".", ""]
     lines += _denoise_tables(result)
     lines += _generation_tables(result)
     lines += _timing_table(result)

@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks.__main__ import _merge_experiments
 from benchmarks.common import spread
+from benchmarks.digits import merge_models
 from benchmarks.report import targets
 
 
@@ -26,6 +27,21 @@ def test_merge_replaces_only_the_rerun_experiments():
     assert merged["settings"]["experiments"] == ["curve", "variants"]
     assert merged["runs"]["curve"]["date"] == "b"
     assert merged["runs"]["variants"]["date"] == "a"  # the earlier run keeps its metadata
+
+
+def test_digits_merge_replaces_only_the_rerun_models():
+    old = {"rows": [{"method": "dcd-tc", "v": 1}, {"method": "kpca", "v": 1}],
+           "settings": {"seeds": [0, 1], "models": ["dcd-tc", "dcd"]}, "meta": {"date": "a"},
+           "chosen": {"kpca": 1}}
+    new = {"rows": [{"method": "dcd-tc", "v": 2}],
+           "settings": {"seeds": [0, 1], "models": ["dcd-tc"]}, "meta": {"date": "b"},
+           "chosen": None}
+    merged = merge_models(old, new)
+    assert sorted((r["method"], r["v"]) for r in merged["rows"]) == [("dcd-tc", 2), ("kpca", 1)]
+    assert merged["chosen"] == {"kpca": 1} and merged["settings"] == old["settings"]
+    assert merged["runs"] == {"": {"date": "a"}, "dcd-tc": {"date": "b"}}
+    with pytest.raises(ValueError, match="seeds"):
+        merge_models(old, {**new, "settings": {"seeds": [0], "models": ["dcd-tc"]}})
 
 
 def _row(toy, method, gap, seconds, experiment="default", seed=0, **extra):
