@@ -197,7 +197,8 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         How posterior negatives are drawn: sampling importance resampling of
         ``n_proposals`` Gaussian proposals (MCMC-free), ``posterior_steps`` of unadjusted
         or Metropolis-adjusted Langevin started at ``x_t / α`` (time-conditional: at the
-        Tweedie estimate of the posterior mean from the level above), or one Laplace step.
+        Tweedie estimate of the posterior mean from the level above plus the envelope
+        posterior's spread), or one Laplace step.
         ``"auto"``: ``"mala"`` for images (``image_shape``) and time-conditional models,
         whose posteriors are too wide or too high-dimensional for a few proposals, else
         ``"importance"``.
