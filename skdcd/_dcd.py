@@ -178,11 +178,12 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         from ``0.05`` to the largest distance between two training rows (standardised; on
         a subsample of 1,000 rows), wide enough that the widest level is nearly Gaussian.
     time_conditional : bool, default=False
-        Learn a time-dependent energy ``E(x, σ)``, one EBM per level of a geometric noise
-        ladder of ``n_noise_levels`` levels spanning ``noise_std``, each the model of the data
-        diffused (VE) to that level. Each example trains one random level ``σ_i`` by DCD
-        against the next level up: negatives are posterior samples given the data diffused
-        to ``σ_{{i+1}}``.
+        Learn a time-dependent energy ``E(x, σ)``, one EBM per noise level ``σ`` in the span
+        of ``noise_std``, each the model of the data diffused (VE) to that level. Each
+        example trains a level ``σ`` drawn log-uniformly over the span by DCD against
+        ``σ r``, one rung higher on a geometric ladder of ``n_noise_levels`` levels
+        (``r`` the ratio of its neighbouring levels): negatives are posterior samples given
+        the data diffused to ``σ r``.
         ``sample`` then runs recovery sampling from the widest level down to
         the narrowest, ``denoise`` uses Tweedie's formula at the noise's own level, and
         ``score_samples`` is the density of the narrowest level (the data blurred by
@@ -361,16 +362,17 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     def _contrastive_terms(self, net, x_pos: torch.Tensor, generator: torch.Generator):
         if not self.time_conditional:
             return super()._contrastive_terms(net, x_pos, generator)
-        # level i of each example and the next level up, whose diffused point the negative
-        # is a posterior sample given; a virtual level one step above the widest trains the
-        # widest level too, where sampling starts
+        # each example's level σ is log-uniform over the ladder's span and is contrasted with
+        # σ r, one rung higher (r = σ_{k+1} / σ_k), whose diffused point the negative is a
+        # posterior sample given. Trained on the rungs alone, the network was a guess between
+        # them: on the digits, Tweedie gained 1.3-1.7 dB over the Wiener filter at rungs
+        # 0.06-0.14 and 0.4-0.6 dB halfway between
         ladder = self._ladder()
-        ladder = torch.as_tensor(np.append(ladder, ladder[-1] ** 2 / ladder[-2]),
-                                 dtype=x_pos.dtype, device=x_pos.device)  # (L + 1,)
-        top = len(ladder) - 2
-        level = torch.randint(0, top + 1, (x_pos.shape[0],), generator=generator,
-                              device=x_pos.device)  # (B,)
-        sigma, sigma_up = ladder[level].unsqueeze(1), ladder[level + 1].unsqueeze(1)  # (B, 1)
+        low, high = float(ladder[0]), float(ladder[-1])
+        u = torch.rand((x_pos.shape[0], 1), generator=generator, device=x_pos.device,
+                       dtype=x_pos.dtype)
+        sigma = low * (high / low) ** u  # (B, 1)
+        sigma_up = sigma * float(ladder[1] / ladder[0])  # (B, 1)
         x_i = diff.perturb(x_pos, torch.ones_like(sigma), sigma, generator=generator)
         delta = torch.sqrt(sigma_up**2 - sigma**2)  # (B, 1) kernel from level i to i + 1
         x_up = diff.perturb(x_i, torch.ones_like(sigma), delta, generator=generator)
@@ -380,9 +382,9 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
 
         start = None
         if self._sampler() in ("langevin", "mala"):
-            # chains start at the Tweedie estimate E[x_i | x_up] = x_up - δ² ∇E(x_up, σ_{i+1})
-            # of the level above (the virtual level is never trained: the widest level uses
-            # its envelope's), plus the envelope posterior's spread. From the mean itself, a
+            # chains start at the Tweedie estimate E[x_i | x_up] = x_up - δ² ∇E(x_up, σ r) of
+            # the level above (above the ladder, where nothing is trained, the envelope's),
+            # plus the envelope posterior's spread. From the mean itself, a
             # mode, 10 MALA moves in 64 dimensions accept ~30% and leave negatives 4 nats
             # below the data's energy even when the envelope is the exact model (Gaussian
             # data), which biases every wide level towards too wide
@@ -393,7 +395,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
                     lambda x: envelope._envelope(x, sigma_up.squeeze(1).pow(2)), x_up)
             else:
                 grad_top = torch.zeros_like(x_up)
-            mean = x_up - delta**2 * torch.where((level < top).unsqueeze(1), grad_up, grad_top)
+            mean = x_up - delta**2 * torch.where(sigma_up <= high, grad_up, grad_top)
             start = mean + envelope.envelope_posterior_noise(x_up, sigma, delta, generator)
         neg_mean, neg_sq = self._posterior_energies(energy_fn, x_up, torch.ones_like(delta),
                                                     delta, generator, start=start)

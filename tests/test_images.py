@@ -407,3 +407,28 @@ def test_recovery_sampling_starts_in_the_posterior_typical_set_with_start_noise(
         stds[name] = float(x.std())
     assert stds["with"] == pytest.approx(math.sqrt(1 + 0.05**2), abs=0.02)
     assert stds["without"] < 0.9
+
+
+def test_time_conditional_training_draws_levels_over_the_whole_span():
+    # regression: levels drawn from the rungs alone left the network untrained between them
+    # (Tweedie at the benchmark's noise levels, which fall between rungs, lost ~1 dB)
+    X = np.random.RandomState(0).randn(500, 3)
+    est = DCDEnergyEstimator(time_conditional=True, energy_net=ZeroLevels, max_iter=1,
+                             learning_rate=1e-6, random_state=0).fit(X)
+    seen = []
+
+    def recording(x, sigma):
+        seen.append(sigma.detach().reshape(-1))
+        return est.energy_net_(x, sigma)
+
+    x_pos = torch.as_tensor(est._standardize(X), dtype=torch.float32)
+    est._contrastive_terms(recording, x_pos, torch.Generator().manual_seed(0))
+    ladder = est.noise_levels_
+    levels = torch.cat(seen).double().numpy()
+    trained = levels[levels <= ladder[-1] * (1 + 1e-6)]
+    assert trained.min() < ladder[0] * 1.1 and trained.max() > ladder[-1] / 1.1
+    off_rung = np.abs(np.log(trained[:, None] / ladder[None, :])).min(axis=1) > 1e-3
+    assert off_rung.mean() > 0.9
+    # log-uniform: about as many levels in each half of the span in log σ
+    middle = math.sqrt(ladder[0] * ladder[-1])
+    assert 0.4 < (trained < middle).mean() < 0.6
