@@ -569,9 +569,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                     if not diverged:
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
-                        grad_norm = torch.nn.utils.clip_grad_norm_(
-                            net.parameters(),
-                            math.inf if self.max_grad_norm is None else self.max_grad_norm)
+                        grad_norm = _grad_norm(net, self.max_grad_norm)
                         diverged = not math.isfinite(float(grad_norm))
                     if diverged:
                         net.load_state_dict(snapshot[0])
@@ -949,6 +947,16 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         else:
             z = _mala_mean(posterior, y, step0, self.sample_steps, generator)
         return z.detach().double()
+
+
+def _grad_norm(net: torch.nn.Module, max_norm: float | None) -> torch.Tensor:
+    """The global norm of ``net``'s gradients, which are clipped to ``max_norm`` if given."""
+    if max_norm is not None:
+        return torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: no rescaling pass by 1
+        return torch.nn.utils.get_total_norm(
+            [p.grad for p in net.parameters() if p.grad is not None])
+    return torch.nn.utils.clip_grad_norm_(net.parameters(), math.inf)
 
 
 def _positive_ints(values) -> bool:

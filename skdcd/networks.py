@@ -349,16 +349,17 @@ class EnvelopedEnergy(nn.Module):
 
     def _envelope(self, x: torch.Tensor, var: torch.Tensor | float) -> torch.Tensor:
         """The Gaussian envelope's energy at noise variance ``var`` (0 or shape ``(n,)``)."""
-        u = x - self.center.to(x.dtype)
+        u = x - self.center.to(x.dtype) if self.center.ndim else x  # 0-d: centred at 0
         sq = u.pow(2).sum(dim=1)  # (n,)
-        energy = 0.0
-        if self.directions.numel():
-            p = u @ self.directions.to(x.dtype)  # (n, k)
-            var_k = self.variances.to(x.dtype) + torch.as_tensor(var, dtype=x.dtype).reshape(-1, 1)
-            energy = (p.pow(2) / var_k).sum(dim=1)
-            # rounding can take the difference below 0; an overflowed sq stays inf, not nan
-            sq = torch.where(torch.isfinite(sq), (sq - p.pow(2).sum(dim=1)).clamp_min(0.0), sq)
-        return 0.5 * (energy + sq / (self.residual_variance.to(x.dtype) + var))
+        residual = self.residual_variance.to(x.dtype) + var
+        if not self.directions.numel():  # isotropic: the training loop's hot path
+            return sq / (2.0 * residual)
+        p = u @ self.directions.to(x.dtype)  # (n, k)
+        var_k = self.variances.to(x.dtype) + torch.as_tensor(var, dtype=x.dtype).reshape(-1, 1)
+        energy = (p.pow(2) / var_k).sum(dim=1)
+        # rounding can take the difference below 0; an overflowed sq stays inf, not nan
+        sq = torch.where(torch.isfinite(sq), (sq - p.pow(2).sum(dim=1)).clamp_min(0.0), sq)
+        return 0.5 * (energy + sq / residual)
 
     def envelope_posterior_noise(self, x: torch.Tensor, sigma: torch.Tensor, delta: torch.Tensor,
                                  generator: torch.Generator) -> torch.Tensor:
