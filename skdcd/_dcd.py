@@ -384,10 +384,10 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         if self._sampler() in ("langevin", "mala"):
             # chains start at the Tweedie estimate E[x_i | x_up] = x_up - δ² ∇E(x_up, σ r) of
             # the level above (above the ladder, where nothing is trained, the envelope's),
-            # plus the envelope posterior's spread. From the mean itself, a
-            # mode, 10 MALA moves in 64 dimensions accept ~30% and leave negatives 4 nats
-            # below the data's energy even when the envelope is the exact model (Gaussian
-            # data), which biases every wide level towards too wide
+            # plus the envelope posterior's spread. From the mean itself, a mode, 10 MALA
+            # moves in 64 dimensions accepted ~30% and left negatives 4 nats below the data's
+            # energy even when the envelope was the exact model (Gaussian data): too
+            # concentrated negatives trained every wide level too wide
             envelope = self.energy_net_
             _, grad_up = samplers.energy_and_grad(lambda x: net(x, sigma_up), x_up)
             if envelope.envelope_std is not None:
