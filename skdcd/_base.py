@@ -46,7 +46,8 @@ WELL_PROBES = 64  # uniform points per step at which well_penalty looks for spur
 logger = logging.getLogger("skdcd")
 
 WEIGHTS_FORMAT = "skdcd-weights"
-WEIGHTS_FORMAT_VERSION = 1
+WEIGHTS_FORMAT_VERSION = 2  # 2: the envelope's buffers have an axis of mixture components
+_ENVELOPE_BUFFERS = ("center", "directions", "variances", "residual_variance", "log_weights")
 
 
 class InconsistentVersionWarning(UserWarning):
@@ -271,12 +272,16 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         net = est._build_energy_net(est.n_features_in_)
         state = payload["energy_net"]
         net.set_bounds(state["low"], state["high"])  # sizes the clipping box's buffers
-        if "directions" in state:  # and the Gaussian envelope's (older files have none)
+        if "log_weights" not in state and state.get("directions", torch.zeros(0)).numel():
+            # format 1 held one Gaussian, without the axis of mixture components
             net.set_gaussian(state["center"], state["directions"], state["variances"],
                              state["residual_variance"])
         else:
-            state = {**net.state_dict(), **state}
-        net.load_state_dict(state)
+            for name in _ENVELOPE_BUFFERS:  # sizes the envelope's buffers
+                if name in state:
+                    setattr(net, name, state[name])
+        net.load_state_dict({**net.state_dict(), **state,
+                             **{name: getattr(net, name) for name in _ENVELOPE_BUFFERS}})
         est.energy_net_ = net.eval()
         est._optimizer_state = payload["optimizer"]
         est._cache = dict(payload["cache"])

@@ -492,9 +492,9 @@ def recovery_sample(
     generator : torch.Generator
         Source of randomness.
     start_noise : callable, optional
-        ``start_noise(x, sigma, delta, generator)`` → zero-mean draws of shape ``(n, d)``
-        with about the spread of the posterior at level ``sigma`` (shape ``(n, 1)``) given a
-        point ``delta`` above, e.g.
+        ``start_noise(y, sigma, delta, generator)`` → zero-mean draws of shape ``(n, d)``
+        with about the spread of the posterior at level ``sigma`` (shape ``(n, 1)``) given
+        the points ``y`` of the level ``delta`` above, e.g.
         :meth:`~skdcd.networks.EnvelopedEnergy.envelope_posterior_noise`. ``None``: start
         at the mean.
     callback : callable, optional
@@ -536,7 +536,7 @@ def recovery_sample(
         _, grad_hi = energy_and_grad(lambda z, hi=hi: energy_fn(z, hi), y)
         x = y - var * grad_hi  # Tweedie: E[x_{k+1} | x_k] under the level-k model
         if start_noise is not None:
-            x = x + start_noise(x, lo, torch.full_like(lo, math.sqrt(var)), generator)
+            x = x + start_noise(y, lo, torch.full_like(lo, math.sqrt(var)), generator)
         energy, grad = energy_and_grad(posterior, x)
         step = torch.full((n, 1), step_size * var, dtype=x.dtype, device=x.device)
         for _ in range(n_steps):

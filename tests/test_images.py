@@ -172,8 +172,9 @@ def test_recovery_sampler_reproduces_the_moments_of_a_mixture():
 def mixture_1d():
     rng = np.random.RandomState(0)
     X = np.where(rng.rand(2000, 1) < 0.5, -2.0, 2.0) + 0.5 * rng.randn(2000, 1)
+    # one Gaussian envelope: a mixture one would fit these two modes almost by itself
     est = DCDEnergyEstimator(time_conditional=True, hidden_layer_sizes=(64, 64),
-                             max_iter=150, random_state=0).fit(X)
+                             envelope_components=1, max_iter=150, random_state=0).fit(X)
     return X, est
 
 
@@ -230,6 +231,34 @@ def test_time_conditional_model_round_trips_through_save(images, tmp_path):
     again = DCDEnergyEstimator.load(tmp_path / "m.pt")
     np.testing.assert_array_equal(again.energy(images), est.energy(images))
     np.testing.assert_array_equal(again.sample(4, random_state=1), est.sample(4, random_state=1))
+
+
+def test_a_format_1_file_with_one_gaussian_envelope_still_loads(images, tmp_path):
+    # format 1 stored one Gaussian's buffers without the axis of mixture components
+    est = DCDEnergyEstimator(time_conditional=True, image_shape=(2, 4, 6), recovery_steps=2,
+                             envelope_components=1, **IMG).fit(images)
+    est.save(tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    state = payload["energy_net"]
+    for name in ("center", "directions", "variances", "residual_variance"):
+        state[name] = state[name][0]
+    del state["log_weights"]
+    payload["format_version"] = 1
+    torch.save(payload, tmp_path / "old.pt")
+    again = DCDEnergyEstimator.load(tmp_path / "old.pt")
+    np.testing.assert_array_equal(again.energy(images), est.energy(images))
+
+
+@pytest.mark.parametrize("shape, rows, expected", [
+    ((1, 8, 8), 1500, 10),  # the digits: 10 full-covariance components
+    ((1, 8, 8), 600, 4),  # fewer rows, fewer components: 2 d rows each
+    ((3, 8, 8), 3000, 1),  # beyond 128 features: one Gaussian
+])
+def test_envelope_components_auto(shape, rows, expected):
+    est = DCDEnergyEstimator(time_conditional=True, image_shape=shape)
+    assert est._envelope_components(np.zeros((rows, math.prod(shape)))) == expected
+    assert DCDEnergyEstimator(envelope_components=3)._envelope_components(
+        np.zeros((2, 5))) == 2  # never more components than rows
 
 
 # ---------------------------------------------------------------------------- precision, compile
@@ -359,7 +388,8 @@ def test_a_time_conditional_envelope_is_the_gaussian_fit_so_tweedie_is_the_wiene
     X = rng.randn(4000, 4) @ (Q * [2.0, 1.5, 1.0, 0.7]).T + np.array([1.0, -2.0, 0.5, 3.0])
     est = DCDEnergyEstimator(
         time_conditional=True, noise_std=(0.05, 3.0), energy_net=ZeroLevels, clip_margin=None,
-        standardize=False, max_iter=1, learning_rate=1e-6, random_state=0).fit(X)
+        standardize=False, envelope_components=1, max_iter=1, learning_rate=1e-6,
+        random_state=0).fit(X)
     m, C = X.mean(axis=0), np.cov(X.T)
     y = X[:10] + 0.7 * rng.randn(10, 4)
     wiener = m + (y - m) @ np.linalg.solve(C + 0.49 * np.eye(4), C)
@@ -376,12 +406,61 @@ def test_time_conditional_negatives_have_the_data_energy_when_the_envelope_is_ex
     d = 32
     X = rng.randn(4096, d) * np.linspace(0.3, 2.0, d)
     est = DCDEnergyEstimator(time_conditional=True, energy_net=ZeroLevels, clip_margin=None,
-                             max_iter=1, learning_rate=1e-6, random_state=0).fit(X)
+                             envelope_components=1, max_iter=1, learning_rate=1e-6,
+                             random_state=0).fit(X)
     net = est.energy_net_
     x_pos = torch.as_tensor(est._standardize(X), dtype=torch.float32)
     e_pos, neg_mean, _ = est._contrastive_terms(net, x_pos, torch.Generator().manual_seed(0))
     # the energies of d-dimensional Gaussian data spread by sqrt(d / 2) = 4 nats
     assert float((e_pos.mean() - neg_mean).detach()) == pytest.approx(0.0, abs=0.25)
+
+
+def test_time_conditional_negatives_have_the_data_energy_with_an_exact_mixture_envelope():
+    # the same with two Gaussian clusters and the exact two-component envelope (that each
+    # chain starts with its own component's spread is checked in test_networks.py)
+    rng = np.random.RandomState(0)
+    d = 16
+    centers = np.zeros((2, d))
+    centers[:, 0] = [-3.0, 3.0]
+    stds = np.stack([np.linspace(0.3, 1.5, d), np.linspace(1.5, 0.3, d)])
+    which = rng.randint(2, size=4096)
+    X = rng.randn(4096, d) * stds[which] + centers[which]
+    est = DCDEnergyEstimator(time_conditional=True, energy_net=ZeroLevels, clip_margin=None,
+                             standardize=False, envelope_components=2, noise_std=(0.05, 3.0),
+                             max_iter=1, learning_rate=1e-6, random_state=0).fit(X)
+    net = est.energy_net_
+    net.set_gaussian(centers, np.stack([np.eye(d)] * 2), stds**2, [1.0, 1.0],
+                     weights=[0.5, 0.5])
+    x_pos = torch.as_tensor(X, dtype=torch.float32)
+    e_pos, neg_mean, _ = est._contrastive_terms(net, x_pos, torch.Generator().manual_seed(0))
+    assert float((e_pos.mean() - neg_mean).detach()) == pytest.approx(0.0, abs=0.25)
+
+
+def test_a_mixture_envelope_makes_tweedie_the_mixture_posterior_mean():
+    # oracle: with the network at zero, Tweedie's formula at level σ is the posterior mean
+    # Σ_c r_c(y) (m_c + C_c (C_c + σ² I)⁻¹ (y - m_c)) of the fitted mixture
+    rng = np.random.RandomState(0)
+    X = np.concatenate([rng.randn(1500, 3) * [1.0, 0.5, 0.3] + [3.0, 0.0, 0.0],
+                        rng.randn(1500, 3) * [0.4, 1.0, 0.6] - [3.0, 0.0, 0.0]])
+    est = DCDEnergyEstimator(
+        time_conditional=True, noise_std=(0.05, 3.0), energy_net=ZeroLevels, clip_margin=None,
+        standardize=False, envelope_components=2, max_iter=1, learning_rate=1e-6,
+        random_state=0).fit(X)
+    net = est.energy_net_.double()
+    weights = net.log_weights.exp().numpy()
+    U, lam = net.directions.numpy(), net.variances.numpy()
+    covs = np.einsum("kdj,kj,kej->kde", U, lam, U)
+    y = X[::300] + 0.8 * rng.randn(10, 3)
+    from scipy.stats import multivariate_normal
+
+    resp = np.stack([w * multivariate_normal(m, C + 0.64 * np.eye(3)).pdf(y)
+                     for w, m, C in zip(weights, net.center.numpy(), covs, strict=True)])
+    resp /= resp.sum(axis=0)
+    means = np.stack([m + (y - m) @ np.linalg.solve(C + 0.64 * np.eye(3), C)
+                      for m, C in zip(net.center.numpy(), covs, strict=True)])
+    expected = np.einsum("kn,knd->nd", resp, means)
+    np.testing.assert_allclose(est.denoise(y, 0.8, method="tweedie"), expected, rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_recovery_sampling_starts_in_the_posterior_typical_set_with_start_noise():

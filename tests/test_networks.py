@@ -93,3 +93,52 @@ def test_envelope_posterior_noise_has_the_gaussian_posterior_covariance():
     without = EnvelopedEnergy(torch.nn.Linear(d, 1), envelope_std=None, noise_conditional=True)
     assert not without.envelope_posterior_noise(x[:3], torch.ones(3, 1), torch.ones(3, 1),
                                                 gen).any()
+
+
+def _two_component_envelope(conditional=True):
+    gen = torch.Generator().manual_seed(1)
+    d = 3
+    U = torch.stack([torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
+                     for _ in range(2)])  # (2, d, d)
+    lam = torch.tensor([[2.0, 0.5, 0.1], [1.0, 0.3, 0.2]], dtype=torch.float64)
+    m = torch.tensor([[-4.0, 0.0, 1.0], [4.0, 1.0, 0.0]], dtype=torch.float64)
+    w = torch.tensor([0.3, 0.7], dtype=torch.float64)
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, sigma=None):
+            return torch.zeros(len(x), dtype=x.dtype)
+
+    energy = EnvelopedEnergy(Zero(), envelope_std=1.0, noise_conditional=conditional).double()
+    energy.set_gaussian(m, U, lam, [0.1, 0.1], weights=w)
+    covs = U @ torch.diag_embed(lam) @ U.transpose(1, 2)
+    return energy, m, covs, w
+
+
+def test_mixture_envelope_is_the_diffused_mixture_energy():
+    # oracle: -log Σ_c π_c N(x; m_c, C_c + σ² I), up to a constant per level
+    energy, m, covs, w = _two_component_envelope()
+    gen = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(9, 3, generator=gen, dtype=torch.float64)
+    for sigma in (0.05, 0.4, 3.0):
+        eye = torch.eye(3, dtype=x.dtype)
+        log_p = torch.logsumexp(torch.stack([
+            torch.log(w[c]) + torch.distributions.MultivariateNormal(
+                m[c], covs[c] + sigma**2 * eye).log_prob(x) for c in range(2)]), dim=0)
+        got = energy(x, torch.full((9, 1), sigma, dtype=x.dtype))
+        torch.testing.assert_close(got - got[0], -(log_p - log_p[0]))
+
+
+def test_mixture_envelope_posterior_noise_follows_each_rows_component():
+    # observations at a component's mean get that component's posterior covariance
+    # (C_c + σ² I) δ² (C_c + σ² I + δ² I)⁻¹
+    energy, m, covs, _ = _two_component_envelope()
+    gen = torch.Generator().manual_seed(0)
+    n, sigma, delta = 100_000, 0.5, 0.7
+    eye = torch.eye(3, dtype=torch.float64)
+    for c in range(2):
+        y = m[c].expand(n, 3)
+        noise = energy.envelope_posterior_noise(y, torch.full((n, 1), sigma, dtype=y.dtype),
+                                                torch.full((n, 1), delta, dtype=y.dtype), gen)
+        prior = covs[c] + sigma**2 * eye
+        expected = prior @ torch.linalg.inv(prior + delta**2 * eye) * delta**2
+        torch.testing.assert_close(noise.T @ noise / n, expected, atol=1e-2, rtol=0)
