@@ -405,6 +405,8 @@ class EnvelopedEnergy(nn.Module):
         # rounding can take the difference below 0; an overflowed sq stays inf, not nan
         sq = torch.where(torch.isfinite(sq), (sq - p.pow(2).sum(dim=2)).clamp_min(0.0), sq)
         energy = 0.5 * ((p.pow(2) / var_k).sum(dim=2) + sq / residual)  # (n, K)
+        # a row that overflowed (inf in float32) projects to inf · 0 = nan: its energy is inf
+        energy = torch.where(torch.isinf(sq), sq, energy)
         if self.log_weights.numel() == 1:
             return energy  # one Gaussian: no normalising constant, as the isotropic envelope
         n_rest = x.shape[1] - p.shape[2]
@@ -470,6 +472,9 @@ class EnvelopedEnergy(nn.Module):
             return residual * xi + (along * (xi @ u)) @ u.T
         with torch.no_grad():
             log_resp = -self._component_energies(x, (sigma.pow(2) + delta.pow(2)).squeeze(1))
+            # a row too far out for every component (energies inf) draws one uniformly
+            log_resp = torch.nan_to_num(log_resp, nan=-torch.finfo(x.dtype).max,
+                                        neginf=-torch.finfo(x.dtype).max)
             component = torch.multinomial(torch.softmax(log_resp, dim=1), 1,
                                           generator=generator).squeeze(1)  # (n,)
         u = self.directions[component].to(x.dtype)  # (n, d, k)
@@ -515,7 +520,10 @@ class EnvelopedEnergy(nn.Module):
             var = sigma.squeeze(1).pow(2)  # (n,)
             energy = energy / var
         if self.envelope_std is not None:
-            energy = energy + self._envelope(x, var)
+            envelope = self._envelope(x, var)
+            # a row beyond the float range has an infinite envelope, and the network, whose
+            # box partial_fit may have widened to inf, can give nan there
+            energy = torch.where(torch.isinf(envelope), envelope, energy + envelope)
         return energy
 
 

@@ -511,3 +511,14 @@ def test_time_conditional_training_draws_levels_over_the_whole_span():
     # log-uniform: about as many levels in each half of the span in log σ
     middle = math.sqrt(ladder[0] * ladder[-1])
     assert 0.4 < (trained < middle).mean() < 0.6
+
+
+def test_time_conditional_energy_of_a_row_beyond_float32_is_inf_not_nan():
+    # regression (fuzzing): after partial_fit on a row of 1.7e308 (inf in float32) the
+    # network's box reached inf and its energy there was nan
+    est = DCDEnergyEstimator(time_conditional=True, hidden_layer_sizes=(8,), max_iter=1,
+                             recovery_steps=2, random_state=0)
+    est.partial_fit(np.zeros((1, 2)))
+    X = np.array([[0.0, 1.7e308]])
+    est.partial_fit(X)
+    assert np.isposinf(est.energy(X)).all()

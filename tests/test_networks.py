@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -142,3 +144,21 @@ def test_mixture_envelope_posterior_noise_follows_each_rows_component():
         prior = covs[c] + sigma**2 * eye
         expected = prior @ torch.linalg.inv(prior + delta**2 * eye) * delta**2
         torch.testing.assert_close(noise.T @ noise / n, expected, atol=1e-2, rtol=0)
+
+
+def test_mixture_envelope_posterior_noise_of_a_huge_row_is_finite_shaped():
+    # regression (fuzzing): a row of 1e300 made every component's energy inf, and the
+    # responsibilities nan
+    energy, *_ = _two_component_envelope()
+    y = torch.tensor([[1e300, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    ones = torch.ones(2, 1, dtype=y.dtype)
+    noise = energy.envelope_posterior_noise(y, ones, ones, torch.Generator().manual_seed(0))
+    assert noise.shape == (2, 3) and torch.isfinite(noise).all()
+
+
+def test_gaussian_envelope_of_an_overflowed_row_is_inf_not_nan():
+    # regression (fuzzing): 1.7e308 is inf in float32, and inf · 0 in the projection was nan
+    energy = EnvelopedEnergy(torch.nn.Linear(2, 1), envelope_std=1.0)
+    energy.set_gaussian([0.0, 0.0], [[1.0], [0.0]], [2.0], 0.5)
+    out = energy._envelope(torch.tensor([[0.0, math.inf]]), 0.0)
+    assert torch.isinf(out).all() and (out > 0).all()
