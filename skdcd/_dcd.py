@@ -442,13 +442,16 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             # energy even when the envelope was the exact model (Gaussian data): too
             # concentrated negatives trained every wide level too wide
             envelope = self.energy_net_
-            _, grad_up = samplers.energy_and_grad(lambda x: net(x, sigma_up), x_up)
-            if envelope.envelope_std is not None:
+            _, grad = samplers.energy_and_grad(lambda x: net(x, sigma_up), x_up)
+            above = sigma_up.squeeze(1) > high  # (B,) the few rows above the ladder
+            if envelope.envelope_std is not None and above.any():
+                var_top = sigma_up[above].squeeze(1).pow(2)
                 _, grad_top = samplers.energy_and_grad(
-                    lambda x: envelope._envelope(x, sigma_up.squeeze(1).pow(2)), x_up)
-            else:
-                grad_top = torch.zeros_like(x_up)
-            mean = x_up - delta**2 * torch.where(sigma_up <= high, grad_up, grad_top)
+                    lambda x: envelope._envelope(x, var_top), x_up[above])
+                grad = grad.index_put((above,), grad_top)
+            elif above.any():
+                grad = grad.index_put((above,), torch.zeros_like(x_up[above]))
+            mean = x_up - delta**2 * grad
             start = mean + envelope.envelope_posterior_noise(x_up, sigma, delta, generator)
         neg_mean, neg_sq = self._posterior_energies(energy_fn, x_up, torch.ones_like(delta),
                                                     delta, generator, start=start)

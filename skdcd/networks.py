@@ -19,6 +19,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 NOISE_FEATURES = 32  # width of the sinusoidal embedding of log σ
+_OUTPUT_INIT_SCALE = 0.3  # initial scale of a noise-conditional output layer (_shrink_output)
 
 
 def noise_embedding(sigma: torch.Tensor, n_features: int = NOISE_FEATURES) -> torch.Tensor:
@@ -144,9 +145,6 @@ def _shrink_output(layer: nn.Module) -> None:
     with torch.no_grad():
         layer.weight.mul_(_OUTPUT_INIT_SCALE)
         layer.bias.mul_(_OUTPUT_INIT_SCALE)
-
-
-_OUTPUT_INIT_SCALE = 0.3
 
 
 def _check_sigma(film: _NoiseFilm | None, x: torch.Tensor,
