@@ -19,7 +19,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 NOISE_FEATURES = 32  # width of the sinusoidal embedding of log σ
-_OUTPUT_INIT_SCALE = 0.3  # initial scale of a noise-conditional output layer (_shrink_output)
 
 
 def noise_embedding(sigma: torch.Tensor, n_features: int = NOISE_FEATURES) -> torch.Tensor:
@@ -104,7 +103,7 @@ class MLPEnergy(nn.Module):
         self.net = nn.Sequential(*layers)
         self.film = _NoiseFilm(widths[1:], activation) if noise_conditional else None
         if noise_conditional:
-            _shrink_output(layers[-1])
+            _zero_output(layers[-1])
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Energy of each row of ``x`` (shape ``(n, d)``), returned with shape ``(n,)``.
@@ -132,19 +131,22 @@ class MLPEnergy(nn.Module):
         return h.squeeze(-1)
 
 
-def _shrink_output(layer: nn.Module) -> None:
-    """Scale the initial weights of a noise-conditional network's output layer by 0.3.
+def _zero_output(layer: nn.Module) -> None:
+    """Start a noise-conditional network's output layer at zero: the model starts as its envelope.
 
     The energy at level ``σ`` is ``f / σ²``, so a random initial ``f`` varies by tens of
-    nats at the narrowest levels; on the digits, with a mixture envelope, the first steps
-    then drove every unit into saturation at those levels for good (the network ended flat
-    there, and denoised no better than its envelope: 23.3 dB at σ = 0.1 against 23.9 dB).
+    nats at the narrowest levels. On the digits, with a mixture envelope, the first steps
+    then drove every unit into saturation at those levels for good: the network ended flat
+    there, and denoised no better than its envelope (23.3 dB at σ = 0.1). Started at zero,
+    the network denoised at 24.3 ± 0.1 dB at σ = 0.1 over 3 seeds, and at 0.3 times the
+    usual initial weights at 23.6 ± 0.7 dB (``benchmarks/``). Over a one-Gaussian envelope,
+    zero cost 0.2 dB at σ = 0.1 against the usual weights (24.0 against 24.2 dB, 3 seeds).
     """
-    if nn.utils.parametrize.is_parametrized(layer):  # spectral norm rescales it anyway
+    if nn.utils.parametrize.is_parametrized(layer):  # spectral norm divides by ‖W‖: not 0
         return
     with torch.no_grad():
-        layer.weight.mul_(_OUTPUT_INIT_SCALE)
-        layer.bias.mul_(_OUTPUT_INIT_SCALE)
+        layer.weight.zero_()
+        layer.bias.zero_()
 
 
 def _check_sigma(film: _NoiseFilm | None, x: torch.Tensor,
@@ -221,7 +223,7 @@ class ConvEnergy(nn.Module):
         self.film = (_NoiseFilm([*channels, head_width], activation) if noise_conditional
                      else None)
         if noise_conditional:
-            _shrink_output(self.out)
+            _zero_output(self.out)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Energy of each flat image row of ``x`` (shape ``(n, C·H·W)``), shape ``(n,)``.

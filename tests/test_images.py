@@ -70,6 +70,7 @@ def test_conv_energy_spectral_norm_bounds_each_layer():
 
 def test_noise_conditional_networks_need_sigma():
     net = MLPEnergy(3, (8,), noise_conditional=True)
+    torch.nn.init.normal_(net.net[-1].weight)  # it starts at zero: see the next test
     with pytest.raises(ValueError, match="sigma of shape"):
         net(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="not noise-conditional"):
@@ -77,6 +78,19 @@ def test_noise_conditional_networks_need_sigma():
     x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
     low, high = net(x, torch.full((5, 1), 0.1)), net(x, torch.full((5, 1), 1.0))
     assert not torch.allclose(low, high)  # the level changes the energy
+
+
+@pytest.mark.parametrize(("net", "d"), [
+    (MLPEnergy(3, (8,), noise_conditional=True), 3),
+    (ConvEnergy((1, 2, 2), channels=(4,), noise_conditional=True, head_width=8), 4),
+], ids=["mlp", "conv"])
+def test_noise_conditional_networks_start_at_zero(net, d):
+    """The model starts as its envelope: a fresh network's energy is 0 at every level."""
+    x = torch.randn(5, d, generator=torch.Generator().manual_seed(0))
+    sigma = torch.full((5, 1), 0.3)
+    assert torch.equal(net(x, sigma), torch.zeros(5))
+    energy = EnvelopedEnergy(net, envelope_std=2.0, noise_conditional=True)
+    torch.testing.assert_close(energy(x, sigma), x.pow(2).sum(dim=1) / (2 * (4.0 + 0.09)))
 
 
 def test_enveloped_noise_conditional_energy_formula():
