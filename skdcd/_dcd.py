@@ -168,9 +168,10 @@ def _mixture_fit(Z: np.ndarray, n_components: int, seed: int) -> tuple:
     each widened by 30 % of the data's mean variance (``reg_covar``), given as eigenvectors
     and eigenvalues; one component is the probabilistic PCA of :func:`_gaussian_fit`. Sharp
     components leave the network little to correct at the narrow levels, and it then
-    corrected less than over one Gaussian: on the digits (one seed, output layer started at
-    zero), widened by 1 % they denoised σ = 0.1 at 23.9 dB against 24.3 dB for one Gaussian;
-    widened by 30 %, at 24.4 dB, and σ = 0.4 at 16.7 dB (15.4 dB for one Gaussian).
+    corrected less than over one Gaussian: on the digits (output layer started at zero),
+    widened by 1 % they denoised σ = 0.1 at 23.9 dB (one seed) against 24.0 ± 0.1 dB for one
+    Gaussian; widened by 30 %, at 24.1 ± 0.3 dB, and σ = 0.4 at 16.5 dB (15.3 dB for one
+    Gaussian; 3 seeds).
     """
     if n_components == 1:
         return _gaussian_fit(Z)
@@ -228,9 +229,8 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         ``1``: one Gaussian (probabilistic PCA, up to 128 directions). ``"auto"``: 10
         full-covariance components, fewer with fewer than 20 training rows per feature,
         and one Gaussian beyond 128 features, where full covariances cost too much. On the
-        digits (3 seeds, ``benchmarks/``), ``"auto"`` denoised 0.2 / 1.0 dB better than one
-        Gaussian at σ = 0.2 / 0.4, but 0.6 dB worse at σ = 0.1, where it varied between
-        fits.
+        digits (3 seeds each), ``"auto"`` denoised 0.1 / 0.6 / 1.2 dB better than one
+        Gaussian at σ = 0.1 / 0.2 / 0.4.
     recovery_steps : int, default=20
         MALA moves per level of recovery sampling (``time_conditional=True``).
     negative_sampler : {{"auto", "importance", "langevin", "mala", "laplace"}}, default="auto"

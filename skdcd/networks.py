@@ -137,9 +137,9 @@ def _zero_output(layer: nn.Module) -> None:
     The energy at level ``σ`` is ``f / σ²``, so a random initial ``f`` varies by tens of
     nats at the narrowest levels. On the digits, with a mixture envelope, the first steps
     then drove every unit into saturation at those levels for good: the network ended flat
-    there, and denoised no better than its envelope (23.3 dB at σ = 0.1). Started at zero,
-    the network denoised at 24.3 ± 0.1 dB at σ = 0.1 over 3 seeds, and at 0.3 times the
-    usual initial weights at 23.6 ± 0.7 dB (``benchmarks/``). Over a one-Gaussian envelope,
+    there, and denoised no better than its envelope (23.3 dB at σ = 0.1). Started at zero
+    it denoised at 24.1 ± 0.3 dB at σ = 0.1 (3 seeds, ``benchmarks/``), and at 0.3 times
+    the usual initial weights at 23.6 ± 0.7 dB. Over one Gaussian (``envelope_components=1``)
     zero cost 0.2 dB at σ = 0.1 against the usual weights (24.0 against 24.2 dB, 3 seeds).
     """
     if nn.utils.parametrize.is_parametrized(layer):  # spectral norm divides by ‖W‖: not 0
