@@ -55,7 +55,7 @@ SECTION = "digits"
 IMAGE = {"image_shape": (1, 8, 8)}  # the convolutional energy and one scale for all pixels
 MODELS = {  # defaults otherwise (DCD: MALA negatives for images)
     "dcd-tc": (DCDEnergyEstimator, {**IMAGE, "time_conditional": True}),
-    "dcd": (DCDEnergyEstimator, IMAGE),
+    "dcd": (DCDEnergyEstimator, {**IMAGE, "time_conditional": False}),
     "cd-10": (CDEnergyEstimator, IMAGE),
 }
 DCD = "dcd-tc"  # the DCD model that the targets are checked on: the one for images

@@ -201,12 +201,12 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         Variance-exploding (``α = 1``) or variance-preserving (``α = sqrt(1 - σ²)``) kernel.
     noise_std : float, tuple of (float, float) or "auto", default="auto"
         Kernel noise ``σ`` in standardised units, or a range ``(low, high)`` from which
-        ``σ`` is drawn log-uniformly per example. VP needs ``σ < 1``. With
-        ``time_conditional=True`` it must be a range: the narrowest and widest levels of
-        the noise ladder. ``"auto"``: ``0.1``, or, when ``time_conditional=True``, a ladder
+        ``σ`` is drawn log-uniformly per example. VP needs ``σ < 1``. For a
+        time-conditional model it must be a range: the narrowest and widest levels of
+        the noise ladder. ``"auto"``: ``0.1``, or, for a time-conditional model, a ladder
         from ``0.05`` to the largest distance between two training rows (standardised; on
         a subsample of 1,000 rows), wide enough that the widest level is nearly Gaussian.
-    time_conditional : bool, default=False
+    time_conditional : bool or "auto", default="auto"
         Learn a time-dependent energy ``E(x, σ)``, one EBM per noise level ``σ`` in the span
         of ``noise_std``, each the model of the data diffused (VE) to that level. Each
         example trains a level ``σ`` drawn log-uniformly over the span by DCD against
@@ -218,6 +218,12 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         ``score_samples`` is the density of the narrowest level (the data blurred by
         ``noise_std[0]``). The energy reports ``E(x, σ_min)``. The well guard
         (``well_penalty``) does not apply. VE only.
+        ``"auto"``: ``True`` for images (``image_shape`` set), unless ``diffusion="vp"``
+        or ``noise_std`` is one float; ``False`` otherwise. On the digits (3 seeds,
+        ``benchmarks/``) a marginal image energy denoised worse than the noisy input
+        (18.5 against 20.0 dB at σ = 0.1) and sampled blobs (MMD² 0.69, floor 0); a
+        time-conditional one denoised at 24.1 dB and sampled at the floor, for a fit about
+        1.4 times as long.
     n_noise_levels : int or "auto", default="auto"
         Levels of the noise ladder (``time_conditional=True``). ``"auto"``: neighbouring
         levels a factor of about 1.5 apart, so that each posterior is narrow.
@@ -279,7 +285,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         **BaseEnergyEstimator._parameter_constraints,
         "diffusion": [StrOptions(set(diff.DIFFUSIONS))],
         "noise_std": [Interval(Real, 0, None, closed="neither"), tuple, StrOptions({"auto"})],
-        "time_conditional": ["boolean"],
+        "time_conditional": ["boolean", StrOptions({"auto"})],
         "n_noise_levels": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
         "envelope_components": [Interval(Integral, 1, None, closed="left"),
                                 StrOptions({"auto"})],
@@ -292,7 +298,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     }
 
     def __init__(
-        self, *, diffusion="ve", noise_std="auto", time_conditional=False,
+        self, *, diffusion="ve", noise_std="auto", time_conditional="auto",
         n_noise_levels="auto", envelope_components="auto",
         recovery_steps=20, negative_sampler="auto",
         posterior_steps=10, posterior_step_size=0.1, n_proposals=16, resample_proposals=False,
@@ -337,14 +343,14 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         """``negative_sampler`` with ``"auto"`` resolved."""
         if self.negative_sampler != "auto":
             return self.negative_sampler
-        return ("mala" if self.image_shape is not None or self.time_conditional
+        return ("mala" if self.image_shape is not None or self._noise_conditional()
                 else "importance")
 
     def _noise(self) -> float | tuple[float, float]:
         """``noise_std`` with ``"auto"`` resolved (the fitted ladder's ends once fitted)."""
         if not isinstance(self.noise_std, str):
             return self.noise_std
-        if not self.time_conditional:
+        if not self._noise_conditional():
             return 0.1
         if hasattr(self, "noise_levels_"):
             return float(self.noise_levels_[0]), float(self.noise_levels_[-1])
@@ -367,21 +373,27 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
                 f"diffusion='vp' needs noise_std < 1 (alpha = sqrt(1 - sigma^2)), "
                 f"got {self.noise_std!r}."
             )
-        if self.time_conditional:
+        if self._noise_conditional():
             if self.diffusion != "ve":
                 raise ValueError("time_conditional=True supports diffusion='ve' only.")
             if not (isinstance(noise, tuple) and sigmas[0] < sigmas[1]):
                 raise ValueError(
-                    f"time_conditional=True needs noise_std='auto' or a range (low, high) "
-                    f"with low < high for its noise ladder, got {self.noise_std!r}.")
+                    f"time_conditional={self.time_conditional!r} needs noise_std='auto' or a "
+                    f"range (low, high) with low < high for its noise ladder, got "
+                    f"{self.noise_std!r}.")
 
     # ------------------------------------------------------------------ time-conditional
     def _noise_conditional(self) -> bool:
-        return bool(self.time_conditional)
+        """``time_conditional`` with ``"auto"`` resolved."""
+        if self.time_conditional != "auto":
+            return bool(self.time_conditional)
+        # a fixed float noise_std or VP asks for a marginal model
+        return (self.image_shape is not None and self.diffusion == "ve"
+                and not isinstance(self.noise_std, Real))
 
     def _initialize(self, X: np.ndarray) -> None:
         super()._initialize(X)
-        if not self.time_conditional:
+        if not self._noise_conditional():
             return
         low, high = self._noise()
         Z = self._standardize(X)
@@ -413,7 +425,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         return float(self._ladder()[0])
 
     def _contrastive_terms(self, net, x_pos: torch.Tensor, generator: torch.Generator):
-        if not self.time_conditional:
+        if not self._noise_conditional():
             return super()._contrastive_terms(net, x_pos, generator)
         # each example's level σ is log-uniform over the ladder's span and is contrasted with
         # σ r, one rung higher (r = σ_{k+1} / σ_k), whose diffused point the negative is a
@@ -465,7 +477,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         return e_pos, neg_mean, (e_pos.pow(2).mean() + neg_sq) / spread
 
     def _denoise_method(self, method: str, var: np.ndarray) -> str:
-        if not self.time_conditional or method in ("posterior_mean", "map"):
+        if not self._noise_conditional() or method in ("posterior_mean", "map"):
             return super()._denoise_method(method, var)
         ladder = self._ladder()
         sigma = float(np.sqrt(var.max()))
@@ -482,12 +494,12 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             + ("" if isotropic else " and features of different scales") + ".")
 
     def _sample_work(self) -> int:
-        if not self.time_conditional:
+        if not self._noise_conditional():
             return super()._sample_work()
         return self.sample_steps + len(self.noise_levels_) - 1
 
     def _sample_chunk(self, net, n_samples: int, generator: torch.Generator, bar):
-        if not self.time_conditional:
+        if not self._noise_conditional():
             return super()._sample_chunk(net, n_samples, generator, bar)
         energy = net.energy  # the full E(x, σ) behind the narrowest level's view
         ladder = self._ladder()

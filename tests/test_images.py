@@ -536,3 +536,16 @@ def test_time_conditional_energy_of_a_row_beyond_float32_is_inf_not_nan():
     X = np.array([[0.0, 1.7e308]])
     est.partial_fit(X)
     assert np.isposinf(est.energy(X)).all()
+
+
+@pytest.mark.parametrize(("params", "time_conditional"), [
+    ({"image_shape": (1, 2, 3)}, True),  # "auto": images are time-conditional
+    ({"image_shape": (1, 2, 3), "noise_std": 0.1}, False),  # one level: marginal
+    ({"image_shape": (1, 2, 3), "diffusion": "vp"}, False),  # time-conditional is VE only
+    ({}, False),  # tabular rows
+    ({"time_conditional": False, "image_shape": (1, 2, 3)}, False),
+])
+def test_time_conditional_auto(params, time_conditional):
+    X = np.random.default_rng(0).uniform(size=(40, 6))
+    est = DCDEnergyEstimator(**{**IMG, **params}).fit(X)
+    assert hasattr(est, "noise_levels_") is time_conditional
