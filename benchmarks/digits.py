@@ -403,16 +403,33 @@ def targets(result: dict) -> list[list[str]]:
     worst = min(margins, key=margins.get)
     status = "**met**" if margins[worst] >= 1.0 else "**not met**"
     rows = result["rows"]
-    floor = np.mean(_values(rows, "train", lambda r: r["mmd2"]))
-    dcd = np.mean(_values(rows, DCD, lambda r: r["mmd2"]))
+    floors = _values(rows, "train", lambda r: r["mmd2"])
+    dcds = _values(rows, DCD, lambda r: r["mmd2"])
+    floor, dcd = np.mean(floors), np.mean(dcds)
     cds = [np.mean(_values(rows, m, lambda r: r["mmd2"]))
            for m in result["settings"]["models"] if m.startswith("cd")]
-    met = dcd <= 2 * max(floor, 0.0) and all(dcd < c for c in cds)
+    # The unbiased MMD² of two samples of one distribution has expectation 0, so the floor
+    # estimate is as often negative as not, and "≤ 2× the floor" then fails even for the
+    # training digits themselves: also accept a difference within 2 standard errors.
+    excess, se = generation_excess(dcds, floors)
+    met = (dcd <= 2 * max(floor, 0.0) or excess <= 2 * se) and all(dcd < c for c in cds)
     return [[f"Digits denoising: {TARGET}", f"worst margin {margins[worst]:+.2f} dB ({worst})",
              status],
-            ["Digits generation: DCD (time-conditional) MMD² ≤ 2× the train-vs-test floor and "
-             "below CD's", f"{1e3 * dcd:.2f}e-3 vs floor {1e3 * floor:.2f}e-3, CD "
-             + ", ".join(f"{1e3 * c:.2f}e-3" for c in cds), "**met**" if met else "**not met**"]]
+            ["Digits generation: DCD (time-conditional) MMD² ≤ 2× the train-vs-test floor, or "
+             "within 2 s.e. of it, and below CD's",
+             f"{1e3 * dcd:.2f}e-3 vs floor {1e3 * floor:.2f}e-3 (excess {1e3 * excess:+.2f}e-3 "
+             f"± {1e3 * se:.2f}e-3 s.e.), CD " + ", ".join(f"{1e3 * c:.2f}e-3" for c in cds),
+             "**met**" if met else "**not met**"]]
+
+
+def generation_excess(model: list[float], floor: list[float]) -> tuple[float, float]:
+    """Mean MMD² of a model's samples minus the floor's, and its standard error over seeds.
+
+    With one seed of either there is no spread to judge by: the error is NaN, so that no
+    difference counts as within it.
+    """
+    var = sum(np.var(v, ddof=1) / len(v) if len(v) > 1 else np.nan for v in (model, floor))
+    return float(np.mean(model) - np.mean(floor)), float(np.sqrt(var))
 
 
 def _generation_tables(result: dict) -> list[str]:

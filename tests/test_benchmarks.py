@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.__main__ import _merge_experiments
 from benchmarks.common import spread
-from benchmarks.digits import merge_models
+from benchmarks.digits import generation_excess, merge_models
 from benchmarks.report import targets
 
 
@@ -100,3 +100,10 @@ def test_missing_sections_give_no_verdict(results):
     only_speed = targets({"speed": results["speed"]})
     assert [r[0] for r in only_speed] == ["DCD step ≤ ⅓ of a CD-10 step",
                                          "Estimator overhead ≤ 1.10× the bare loop"]
+
+
+def test_generation_excess_is_the_difference_of_means_with_its_standard_error():
+    excess, se = generation_excess([1.0, 2.0, 3.0], [0.0, 0.0, 3.0])
+    assert excess == pytest.approx(1.0)
+    assert se == pytest.approx(math.sqrt(1.0 / 3 + 3.0 / 3))
+    assert math.isnan(generation_excess([1.0], [0.0])[1])  # one seed: no spread to judge by
