@@ -39,10 +39,11 @@ METHODS = {
 }
 
 
-IMAGE_METHODS = {  # DCD's defaults for images: MALA negatives, 10 steps
-    "dcd-mala-10": (DCDEnergyEstimator, {}),
+IMAGE_METHODS = {  # marginal DCD (MALA negatives, 10 steps), and the images' default
+    "dcd-mala-10": (DCDEnergyEstimator, {"time_conditional": False}),
     "dcd-time-conditional": (DCDEnergyEstimator, {"time_conditional": True}),
-    "dcd-importance": (DCDEnergyEstimator, {"negative_sampler": "importance"}),
+    "dcd-importance": (DCDEnergyEstimator, {"time_conditional": False,
+                                            "negative_sampler": "importance"}),
     "cd-10": (CDEnergyEstimator, {"n_steps": 10}),
 }
 IMAGE_SHAPES = ((1, 8, 8), (3, 32, 32))
