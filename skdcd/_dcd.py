@@ -456,13 +456,14 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             envelope = self.energy_net_
             _, grad = samplers.energy_and_grad(lambda x: net(x, sigma_up), x_up)
             above = sigma_up.squeeze(1) > high  # (B,) the few rows above the ladder
-            if envelope.envelope_std is not None and above.any():
-                var_top = sigma_up[above].squeeze(1).pow(2)
-                _, grad_top = samplers.energy_and_grad(
-                    lambda x: envelope._envelope(x, var_top), x_up[above])
+            if above.any():
+                if envelope.envelope_std is None:
+                    grad_top = torch.zeros_like(x_up[above])
+                else:
+                    var_top = sigma_up[above].squeeze(1).pow(2)
+                    _, grad_top = samplers.energy_and_grad(
+                        lambda x: envelope._envelope(x, var_top), x_up[above])
                 grad = grad.index_put((above,), grad_top)
-            elif above.any():
-                grad = grad.index_put((above,), torch.zeros_like(x_up[above]))
             mean = x_up - delta**2 * grad
             start = mean + envelope.envelope_posterior_noise(x_up, sigma, delta, generator)
         neg_mean, neg_sq = self._posterior_energies(energy_fn, x_up, torch.ones_like(delta),
