@@ -397,19 +397,27 @@ class EnvelopedEnergy(nn.Module):
     def _component_energies(self, x: torch.Tensor, var: torch.Tensor | float) -> torch.Tensor:
         """``e_c(x, σ) - log π_c`` of every mixture component, shape ``(n, K)``."""
         var = torch.as_tensor(var, dtype=x.dtype, device=x.device).reshape(-1, 1)  # (n|1, 1)
-        u = x[:, None, :] - self.center.to(x.dtype)  # (n, K, d)
-        p = torch.einsum("nkd,kdj->nkj", u, self.directions.to(x.dtype))  # (n, K, k)
+        n_comp, d, k = self.directions.shape
+        directions = self.directions.to(x.dtype)
+        # p_c = U_cᵀ x - U_cᵀ m_c for all components in one matrix product: as a batched
+        # product over (n, K, d) differences it took a fifth of a digits training step
+        flat = directions.permute(1, 0, 2).reshape(d, n_comp * k)
+        offset = torch.einsum("cd,cdj->cj", self.center.to(x.dtype), directions)  # (K, k)
+        p = (x @ flat).reshape(-1, n_comp, k) - offset  # (n, K, k)
         var_k = self.variances.to(x.dtype) + var[..., None]  # (n|1, K, k)
+        energy = 0.5 * (p * p / var_k).sum(dim=2)  # (n, K)
+        # a row that overflowed (inf in float32) projects to inf - inf = nan: its energy is inf
+        sq_x = x.pow(2).sum(dim=1, keepdim=True)  # (n, 1)
+        n_rest = d - k
         residual = self.residual_variance.to(x.dtype) + var  # (n|1, K)
-        sq = u.pow(2).sum(dim=2)  # (n, K)
-        # rounding can take the difference below 0; an overflowed sq stays inf, not nan
-        sq = torch.where(torch.isfinite(sq), (sq - p.pow(2).sum(dim=2)).clamp_min(0.0), sq)
-        energy = 0.5 * ((p.pow(2) / var_k).sum(dim=2) + sq / residual)  # (n, K)
-        # a row that overflowed (inf in float32) projects to inf · 0 = nan: its energy is inf
-        energy = torch.where(torch.isinf(sq), sq, energy)
+        if n_rest:  # the directions orthogonal to U_c: ‖x - m_c‖² - ‖p‖²
+            sq = (x[:, None, :] - self.center.to(x.dtype)).pow(2).sum(dim=2)  # (n, K)
+            # rounding can take the difference below 0
+            rest = (sq - p.pow(2).sum(dim=2)).clamp_min(0.0)
+            energy = energy + 0.5 * torch.where(torch.isfinite(sq), rest, sq) / residual
+        energy = torch.where(torch.isinf(sq_x), sq_x, energy)
         if self.log_weights.numel() == 1:
             return energy  # one Gaussian: no normalising constant, as the isotropic envelope
-        n_rest = x.shape[1] - p.shape[2]
         log_det = torch.log(var_k).sum(dim=2) + n_rest * torch.log(residual)  # (n|1, K)
         # only differences between components matter; centring keeps energies near 0
         log_det = log_det - log_det.mean(dim=1, keepdim=True)
