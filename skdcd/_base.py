@@ -317,7 +317,18 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         return e_pos, neg_mean, e_pos.pow(2).mean() + neg_sq
 
     def _noise_conditional(self) -> bool:
-        """Whether the energy takes the noise level as an input, ``E(x, σ)``."""
+        """Whether the energy takes the noise level as an input, ``E(x, σ)``.
+
+        A fitted model keeps the kind it was fitted as: parameters changed after ``fit``
+        (``image_shape`` under ``time_conditional="auto"``, say) apply at the next cold fit.
+        """
+        net = self.__dict__.get("energy_net_")
+        if net is not None and not self.__dict__.get("_refitting", False):
+            return bool(net.noise_conditional)
+        return self._requested_noise_conditional()
+
+    def _requested_noise_conditional(self) -> bool:
+        """What the parameters ask for (``_noise_conditional`` before fit)."""
         return False
 
     def _inference_level(self) -> float:
@@ -413,9 +424,14 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         """
         keep = self.warm_start and hasattr(self, "energy_net_")
         X = self._validate_X(X, reset=not keep)
-        self._check_params(X.shape[1])
-        if not keep:
-            self._initialize(X)
+        # a cold refit checks and builds what the parameters ask for, not the fitted kind
+        self._refitting = not keep
+        try:
+            self._check_params(X.shape[1])
+            if not keep:
+                self._initialize(X)
+        finally:
+            del self._refitting
         n_batches = math.ceil(X.shape[0] / min(self.batch_size, X.shape[0]))
         n_epochs = (math.ceil(STEPS_PER_FIT / n_batches) if self.max_iter == "auto"
                     else self.max_iter)

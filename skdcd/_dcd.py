@@ -223,7 +223,8 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         ``benchmarks/``) a marginal image energy denoised worse than the noisy input
         (18.5 against 20.0 dB at σ = 0.1) and sampled blobs (MMD² 0.69, floor 0); a
         time-conditional one denoised at 24.1 dB and sampled at the floor, for a fit about
-        1.4 times as long.
+        1.4 times as long. A fitted model keeps its kind until the next fit that is not
+        a ``warm_start``, whatever its parameters say meanwhile.
     n_noise_levels : int or "auto", default="auto"
         Levels of the noise ladder (``time_conditional=True``). ``"auto"``: neighbouring
         levels a factor of about 1.5 apart, so that each posterior is narrow.
@@ -383,7 +384,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
                     f"{self.noise_std!r}.")
 
     # ------------------------------------------------------------------ time-conditional
-    def _noise_conditional(self) -> bool:
+    def _requested_noise_conditional(self) -> bool:
         """``time_conditional`` with ``"auto"`` resolved."""
         if self.time_conditional != "auto":
             return bool(self.time_conditional)
@@ -394,6 +395,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     def _initialize(self, X: np.ndarray) -> None:
         super()._initialize(X)
         if not self._noise_conditional():
+            self.__dict__.pop("noise_levels_", None)  # from an earlier, time-conditional fit
             return
         low, high = self._noise()
         Z = self._standardize(X)

@@ -549,3 +549,21 @@ def test_time_conditional_auto(params, time_conditional):
     X = np.random.default_rng(0).uniform(size=(40, 6))
     est = DCDEnergyEstimator(**{**IMG, **params}).fit(X)
     assert hasattr(est, "noise_levels_") is time_conditional
+
+
+def test_a_fitted_model_keeps_its_kind_until_a_cold_refit():
+    # regression: with time_conditional="auto", setting image_shape after fitting a tabular
+    # model made it read as a time-conditional model that was never fitted (test_cli)
+    X = np.random.default_rng(0).uniform(size=(40, 6))
+    est = DCDEnergyEstimator(**IMG).fit(X)  # marginal: tabular rows
+    before = est.denoise(X[:3], 0.1, random_state=0)
+    est.set_params(image_shape=(1, 2, 3))
+    np.testing.assert_array_equal(est.denoise(X[:3], 0.1, random_state=0), before)
+    assert not hasattr(est, "noise_levels_")
+    est.set_params(image_shape=None).fit(X)
+    est.set_params(image_shape=(1, 2, 3), warm_start=True).fit(X)  # warm: the same kind
+    assert not hasattr(est, "noise_levels_")
+    est.set_params(warm_start=False).fit(X)  # cold: what the parameters now ask for
+    assert hasattr(est, "noise_levels_")
+    est.set_params(image_shape=None).fit(X)  # and back, without the old ladder
+    assert not hasattr(est, "noise_levels_")
