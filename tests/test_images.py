@@ -211,9 +211,9 @@ def test_time_conditional_fit_of_a_1d_mixture_recovers_its_moments(mixture_1d):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="known weakness: each mode comes out too wide (std 0.74 after "
-                          "1,200 steps, 0.61 after 2,400, against 0.5), whatever the number "
-                          "of recovery steps", strict=False)
+@pytest.mark.xfail(reason="known weakness: each mode comes out too wide (std 0.61 after "
+                          "1,200 steps, against 0.5; 2 seeds), whatever the number of "
+                          "recovery steps", strict=False)
 def test_time_conditional_fit_of_a_1d_mixture_recovers_the_width_of_each_mode(mixture_1d):
     X, est = mixture_1d
     samples = est.sample(2000, random_state=0)[:, 0]
