@@ -331,6 +331,10 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         """What the parameters ask for (``_noise_conditional`` before fit)."""
         return False
 
+    def _energy_reg(self) -> float:
+        """``energy_reg`` with any ``"auto"`` resolved."""
+        return self.energy_reg
+
     def _inference_level(self) -> float:
         """The noise level at which a noise-conditional energy models the data."""
         raise NotImplementedError
@@ -581,7 +585,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                                                                           generator)
                         e_pos = e_pos.float()
                         loss = (e_pos.mean() - neg_mean.float()
-                                + self.energy_reg * square.float())
+                                + self._energy_reg() * square.float())
                         if guard_wells:
                             loss = loss + self.well_penalty * _well_loss(
                                 forward, e_pos, box_low, box_span, generator).float()

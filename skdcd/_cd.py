@@ -32,7 +32,7 @@ class CDEnergyEstimator(BaseEnergyEstimator):
         Size of the replay buffer.
     reinit_prob : float, default=0.05
         Probability that a buffer chain restarts from the Gaussian base.
-    {_PARAMS_DOC.replace("{energy_reg}", "0.1")}
+    {_PARAMS_DOC.replace("{energy_reg}", "float, default=0.1").replace("{energy_reg_auto}", "")}
     {_ATTRIBUTES_DOC}
 
     See Also

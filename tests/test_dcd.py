@@ -114,3 +114,13 @@ def test_gaussian_fit_recovers_the_covariance_and_floors_missing_directions():
     assert U.shape == (50, 20) and np.allclose(U.T @ U, np.eye(20))
     assert lam[-1] == pytest.approx(floor) and r == pytest.approx(floor)
     assert lam[0] > 10 * floor
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ({}, 0.003),  # importance negatives: the weaker pull of the benchmarks' best mean gap
+    ({"negative_sampler": "mala"}, 0.01),
+    ({"image_shape": (1, 1, 2)}, 0.01),  # images draw MALA negatives
+    ({"energy_reg": 0.2}, 0.2),
+])
+def test_energy_reg_auto(params, expected):
+    assert DCDEnergyEstimator(**params)._energy_reg() == expected
