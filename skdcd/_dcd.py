@@ -135,8 +135,9 @@ _ATTRIBUTES_DOC = """
 _ENERGY_REG_AUTO = """
         ``"auto"``: 0.003 with the importance sampler (the default for tabular data), whose
         weighted negatives are accurate enough for a weaker pull, else 0.01. On the six 2-D
-        toys (``benchmarks/``, one seed), 16 proposals and 0.01 gave a mean NLL gap of 0.082
-        nats; 32 proposals and 0.003, 0.048; 0.003 with 16 proposals, 0.099."""
+        toys (``benchmarks/``, 3 seeds), 16 proposals and 0.01 gave a mean NLL gap of 0.082
+        nats, and 32 proposals and 0.003 gave 0.054 (checkerboard alone worse: 0.13 against
+        0.09); 0.003 with 16 proposals gave 0.099 (one seed)."""
 
 # directions of the Gaussian envelope of a time-conditional energy, and rows that fit them
 _ENVELOPE_DIRECTIONS, _ENVELOPE_ROWS = 128, 4096
@@ -263,7 +264,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         Proposals per example for the importance sampler. Self-normalised weights of
         few proposals bias the negatives wherever the posterior is narrower than the
         kernel: with 16, eight Gaussians kept an NLL gap of 0.08 nats whatever the number
-        of steps; with 32 (and ``energy_reg="auto"``), 0.04 (``benchmarks/``).
+        of steps; with 32 (and ``energy_reg="auto"``), 0.03 (3 seeds, ``benchmarks/``).
     resample_proposals : bool, default=False
         Importance sampler only: back-propagate one proposal per example, resampled with
         the importance weights (unbiased for the weighted sum, ``n_proposals`` times

@@ -674,7 +674,8 @@ def test_well_loss_is_the_squared_depth_below_the_floor():
 
 def test_well_penalty_removes_a_well_that_negatives_never_visit(blobs):
     # blobs' standardised data live near the origin; the narrow well sits in the box's
-    # corner, where no data point or negative ever feels it (its gradient there is 0)
+    # corner, where no data point or negative feels more than its tail (with 32 proposals
+    # per example its depth moved by 2e-4)
     def factory(d):
         return _Well(30.0, [2.8, 2.8], width=0.15)
 
@@ -685,7 +686,7 @@ def test_well_penalty_removes_a_well_that_negatives_never_visit(blobs):
                                     "max_iter": 100, "envelope_std": None})
         est.fit(blobs)
         depths[penalty] = float(est.energy_net_.net.depth)
-    assert depths[0.0] == 30.0 and depths[1.0] < 20
+    assert depths[0.0] > 29.9 and depths[1.0] < 20
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
