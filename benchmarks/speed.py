@@ -59,14 +59,16 @@ def time_fit(cls, params, X, steps):
     return (time.perf_counter() - start) / est.t_
 
 
-def time_bare_loop(X, steps, sigma=0.1, n_proposals=16, reg=0.01):
+def time_bare_loop(X, steps, sigma=0.1):
     """DCD's default step without the estimator: the overhead reference.
 
     The same model and loss as ``DCDEnergyEstimator()``'s step: the MLP sees its input
     clipped to the data's box widened by 1 (``clip_margin``) under the envelope
-    ``‖x‖² / 18``, 16 weighted importance proposals at ``σ = 0.1``, the energy penalty and
-    the spurious-well guard.
+    ``‖x‖² / 18``, the default number of weighted importance proposals at ``σ = 0.1``, the
+    default energy penalty and the spurious-well guard.
     """
+    default = DCDEnergyEstimator()
+    n_proposals, reg = default.n_proposals, default._energy_reg()
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     net = MLPEnergy(X.shape[1])
