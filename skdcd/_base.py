@@ -560,6 +560,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                                   enabled=self.mixed_precision)
         guard_wells = self.well_penalty > 0 and not self._noise_conditional()
+        energy_reg = self._energy_reg()
         optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate)
         if self._optimizer_state is not None:
             optimizer.load_state_dict(self._optimizer_state)
@@ -585,7 +586,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                                                                           generator)
                         e_pos = e_pos.float()
                         loss = (e_pos.mean() - neg_mean.float()
-                                + self._energy_reg() * square.float())
+                                + energy_reg * square.float())
                         if guard_wells:
                             loss = loss + self.well_penalty * _well_loss(
                                 forward, e_pos, box_low, box_span, generator).float()

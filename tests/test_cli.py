@@ -269,10 +269,8 @@ def test_score_to_stdout_and_pairwise_grid_and_loss_plots(fitted_2d, tmp_path, c
     assert lines[0] == "log_likelihood" and len(lines) == 1 + len(X)
     # an image model (image_shape set) gets a grid of samples, next to the data
     X16 = np.random.RandomState(0).rand(40, 16)
-    # a tabular fit posing as an image model: time_conditional="auto" would read the
-    # image_shape set after the fit as a time-conditional model that was never fitted
-    est = DCDEnergyEstimator(**{**FAST, "hidden_layer_sizes": (8,)},
-                             time_conditional=False).fit(X16)
+    # a tabular fit posing as an image model: it stays the marginal model it was fitted as
+    est = DCDEnergyEstimator(**{**FAST, "hidden_layer_sizes": (8,)}).fit(X16)
     est.image_shape = (4, 4)
     joblib.dump(est, tmp_path / "img.joblib")
     np.save(tmp_path / "img.npy", X16)
