@@ -134,10 +134,13 @@ _ATTRIBUTES_DOC = """
 
 _ENERGY_REG_AUTO = """
         ``"auto"``: 0.003 with the importance sampler (the default for tabular data), whose
-        weighted negatives are accurate enough for a weaker pull, else 0.01. On the six 2-D
-        toys (``benchmarks/``, 3 seeds), 16 proposals and 0.01 gave a mean NLL gap of 0.082
-        nats, and 32 proposals and 0.003 gave 0.054 (checkerboard alone worse: 0.13 against
-        0.09); 0.003 with 16 proposals gave 0.099 (one seed)."""
+        weighted negatives are accurate enough for a weaker pull, else 0.01. The penalty
+        pulls the energies of the data towards one level, so it trades the relative weight
+        of separated modes (rings of equal mass: the inner ring, the densest, came out
+        0.5 nats too unlikely) against the noise of flat regions (checkerboard). With the
+        Laplace-fit proposals, one seed of the six 2-D toys (``benchmarks/``): 0.003 gave a
+        mean NLL gap of 0.041 nats, 0.001 also 0.041 (rings 0.058 against 0.072,
+        checkerboard 0.097 against 0.085), and 0 broke eight Gaussians (1.14)."""
 
 # directions of the Gaussian envelope of a time-conditional energy, and rows that fit them
 _ENVELOPE_DIRECTIONS, _ENVELOPE_ROWS = 128, 4096
@@ -248,11 +251,11 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     recovery_steps : int, default=20
         MALA moves per level of recovery sampling (``time_conditional=True``).
     negative_sampler : {{"auto", "importance", "langevin", "mala", "laplace"}}, default="auto"
-        How posterior negatives are drawn: sampling importance resampling of
-        ``n_proposals`` Gaussian proposals (MCMC-free), ``posterior_steps`` of unadjusted
-        or Metropolis-adjusted Langevin started at ``x_t / α`` (time-conditional: at the
-        Tweedie estimate of the posterior mean from the level above plus the envelope
-        posterior's spread), or one Laplace step.
+        How posterior negatives are drawn: importance weights of ``n_proposals``
+        proposals from the kernel and from a Laplace fit of the posterior (MCMC-free),
+        ``posterior_steps`` of unadjusted or Metropolis-adjusted Langevin started at
+        ``x_t / α`` (time-conditional: at the Tweedie estimate of the posterior mean from
+        the level above plus the envelope posterior's spread), or one Laplace step.
         ``"auto"``: ``"mala"`` for images (``image_shape``) and time-conditional models,
         whose posteriors are too wide or too high-dimensional for a few proposals, else
         ``"importance"``.
@@ -261,10 +264,12 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     posterior_step_size : float, default=0.1
         Langevin/MALA step as a fraction of the posterior variance ``σ²/α²``.
     n_proposals : int, default=32
-        Proposals per example for the importance sampler. Self-normalised weights of
-        few proposals bias the negatives wherever the posterior is narrower than the
-        kernel: with 16, eight Gaussians kept an NLL gap of 0.08 nats whatever the number
-        of steps; with 32 (and ``energy_reg="auto"``), 0.03 (3 seeds, ``benchmarks/``).
+        Proposals per example for the importance sampler, half from the kernel and half
+        from a Laplace fit of the posterior (:func:`skdcd.samplers.laplace_proposals`).
+        Self-normalised weights of few proposals bias the negatives wherever the
+        posterior is narrower than the kernel: with 16 kernel proposals, eight Gaussians
+        kept an NLL gap of 0.08 nats whatever the number of steps; with 32, 0.03; with 32
+        from the kernel and the Laplace fit, 0.010 (3 seeds each, ``benchmarks/``).
     resample_proposals : bool, default=False
         Importance sampler only: back-propagate one proposal per example, resampled with
         the importance weights (unbiased for the weighted sum, ``n_proposals`` times
@@ -551,13 +556,13 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable mean energy and mean squared energy of the negatives."""
         if self._sampler() == "importance" and not self.resample_proposals:
-            # Σ_j w_j E(x'_j) with w = softmax(-E): one forward pass gives weights and gradient
-            proposals = samplers.gaussian_proposals(x_t, alpha, sigma,
-                                                    n_proposals=self.n_proposals,
-                                                    generator=generator)  # (B, M, d)
+            # Σ_j w_j E(x'_j), w = softmax(-E - log r/N): one forward pass gives both
+            proposals, log_ratio = samplers.laplace_proposals(
+                energy_fn, x_t, alpha, sigma, n_proposals=self.n_proposals,
+                generator=generator)  # (B, M, d), (B, M)
             batch, n_prop, d = proposals.shape
             energies = energy_fn(proposals.reshape(batch * n_prop, d)).reshape(batch, n_prop)
-            weights = samplers.importance_weights(energies)  # (B, M), detached
+            weights = samplers.importance_weights(energies + log_ratio)  # (B, M), detached
             return ((weights * energies).sum(dim=1).mean(),
                     (weights * energies.pow(2)).sum(dim=1).mean())
         e_neg = energy_fn(self._posterior_draw(energy_fn, x_t, alpha, sigma, generator,
