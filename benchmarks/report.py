@@ -13,6 +13,10 @@ from benchmarks.common import md_table, read_json
 SECTIONS = ("density", "speed", "digits", "baselines", "peer", "reliability")
 
 
+# what a section's report raises on a results file written by an older version of it
+_OLD_SCHEMA = (KeyError, IndexError, StopIteration, TypeError, ValueError)
+
+
 def _gap_at(rows, toy, method, seconds):
     """Best gap among the fits of ``method`` that finished within ``seconds`` (5% slack)."""
     from benchmarks.density import _curve_points
@@ -94,7 +98,12 @@ def targets(results: dict) -> list[list[str]]:
                      _status(max(over.values()) <= 1.10)])
     for name in ("digits", "reliability"):  # sections that check their own targets
         if results.get(name):
-            rows += importlib.import_module(f"benchmarks.{name}").targets(results[name])
+            try:
+                rows += importlib.import_module(f"benchmarks.{name}").targets(results[name])
+            except _OLD_SCHEMA as exc:
+                rows.append([f"the {name} section's targets", f"results/{name}.json has an older "
+                             f"schema ({type(exc).__name__}: {exc}); rerun the section",
+                             "**unknown**"])
     return rows
 
 
@@ -128,7 +137,13 @@ def write_report(out: Path) -> Path:
             lines += [f"## {name}", "", f"Skipped: {result['skipped']}.", ""]
             continue
         module = importlib.import_module(f"benchmarks.{name}")
-        lines += [module.report(result, out / "figures"), ""]
+        try:
+            lines += [module.report(result, out / "figures"), ""]
+        except _OLD_SCHEMA as exc:
+            lines += [f"## {name}", "",
+                      f"`results/{name}.json` was written by an older version of this section "
+                      f"and cannot be reported ({type(exc).__name__}: {exc}); rerun "
+                      f"`python -m benchmarks run --sections {name}`.", ""]
     path = out / "RESULTS.md"
     path.write_text("\n".join(lines))
     return path

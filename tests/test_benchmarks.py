@@ -5,9 +5,9 @@ import math
 import pytest
 
 from benchmarks.__main__ import _merge_experiments
-from benchmarks.common import spread
+from benchmarks.common import spread, write_json
 from benchmarks.digits import generation_excess, merge_models
-from benchmarks.report import targets
+from benchmarks.report import targets, write_report
 
 
 def test_spread_uses_sample_std():
@@ -107,3 +107,14 @@ def test_generation_excess_is_the_difference_of_means_with_its_standard_error():
     assert excess == pytest.approx(1.0)
     assert se == pytest.approx(math.sqrt(1.0 / 3 + 3.0 / 3))
     assert math.isnan(generation_excess([1.0], [0.0])[1])  # one seed: no spread to judge by
+
+
+def test_report_survives_a_results_file_of_an_older_schema(tmp_path):
+    # an old reliability.json whose grid row lacks fields that the section now reports
+    meta = dict(cpu_count=2, machine="x", python="3", torch="t", sklearn="s", skdcd="0",
+                date="d", section_seconds=1.0, quick=False)
+    write_json(tmp_path / "results" / "reliability.json",
+               {"meta": meta, "settings": {}, "rows": [{"kind": "grid_search"}]})
+    text = write_report(tmp_path).read_text()
+    assert "older version of this section" in text
+    assert "--sections reliability" in text and "**unknown**" in text
