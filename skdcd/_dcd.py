@@ -269,7 +269,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         Self-normalised weights of few proposals bias the negatives wherever the
         posterior is narrower than the kernel: with 16 kernel proposals, eight Gaussians
         kept an NLL gap of 0.08 nats whatever the number of steps; with 32, 0.03; with 32
-        from the kernel and the Laplace fit, 0.010 (3 seeds each, ``benchmarks/``).
+        from the kernel and the Laplace fit, 0.008 (3 seeds each, ``benchmarks/``).
     resample_proposals : bool, default=False
         Importance sampler only: back-propagate one proposal per example, resampled with
         the importance weights (unbiased for the weighted sum, ``n_proposals`` times
