@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import md_table
-from skdcd import CDEnergyEstimator, DCDEnergyEstimator
+from skdcd import CDEnergyEstimator, DCDEnergyEstimator, samplers
 from skdcd.networks import MLPEnergy
 
 SECTION = "speed"
@@ -64,7 +64,8 @@ def time_bare_loop(X, steps, sigma=0.1):
 
     The same model and loss as ``DCDEnergyEstimator()``'s step: the MLP sees its input
     clipped to the data's box widened by 1 (``clip_margin``) under the envelope
-    ``‖x‖² / 18``, the default number of weighted importance proposals at ``σ = 0.1``, the
+    ``‖x‖² / 18``, the default number of weighted importance proposals (half of them from
+    the Laplace fit of :func:`skdcd.samplers.laplace_proposals`) at ``σ = 0.1``, the
     default energy penalty and the spurious-well guard.
     """
     default = DCDEnergyEstimator()
@@ -87,9 +88,11 @@ def time_bare_loop(X, steps, sigma=0.1):
             group["lr"] = 0.5e-3 * (1 + math.cos(math.pi * step / steps))
         x = Z[torch.randint(n, (256,), generator=g)]
         x_t = x + sigma * torch.randn(x.shape, generator=g)
-        prop = x_t[:, None] + sigma * torch.randn((256, n_proposals, d), generator=g)
+        ones = torch.ones(256, 1)
+        prop, log_ratio = samplers.laplace_proposals(energy, x_t, ones, sigma * ones,
+                                                     n_proposals=n_proposals, generator=g)
         e = energy(prop.reshape(-1, d)).reshape(256, n_proposals)
-        w = torch.softmax(-e.detach(), 1)
+        w = torch.softmax(-e.detach() - log_ratio, 1)
         e_pos = energy(x)
         loss = (e_pos.mean() - (w * e).sum(1).mean()
                 + reg * (e_pos.pow(2).mean() + (w * e.pow(2)).sum(1).mean()))
