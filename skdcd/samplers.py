@@ -41,10 +41,10 @@ def energy_and_grad(energy_fn: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor,
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         energy = energy_fn(x)
-        if not energy.requires_grad:  # an energy constant in x
-            return energy.detach(), torch.zeros_like(x).detach()
-        (grad,) = torch.autograd.grad(energy.sum(), x, allow_unused=True)
-    return energy.detach(), (torch.zeros_like(x) if grad is None else grad).detach()
+        grad = None
+        if energy.requires_grad:  # else an energy constant in x
+            (grad,) = torch.autograd.grad(energy.sum(), x, allow_unused=True)
+    return energy.detach(), torch.zeros_like(x) if grad is None else grad.detach()
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -208,11 +208,10 @@ def laplace_proposals(
 
     Half of the proposals follow the posterior's Gaussian factor ``N(m, s² I)``
     (:func:`gaussian_proposals`; ``m = x_t / α``, ``s = σ / α``), half a Laplace fit of the
-    posterior: a Newton step from ``m`` with the curvature of ``E`` estimated by finite
-    differences of ``∇E`` over a distance ``s`` along the gradient (``h_u``) and along one
-    random orthogonal direction (``h_w``, taken for every orthogonal direction). That fit has
-    mean ``m - v_u ∇E(m)`` and variances ``v = s² / (1 + s² h)`` along and across the
-    gradient; it is exact for a quadratic energy that is isotropic across its gradient.
+    posterior: a Newton step from ``m`` with ``h``, the curvature of ``E`` along its
+    gradient, estimated by a finite difference of ``∇E`` over the Laplace step
+    ``s² ∇E(m)`` (:func:`laplace_posterior`). That fit is ``N(m - v ∇E(m), v I)`` with
+    ``v = s² / (1 + s² h)``, exact for an isotropic quadratic energy.
     The first half keeps the weights safe where the fit is poor (a mixture proposal whose
     density never falls below half the kernel's).
 
