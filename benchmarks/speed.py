@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import md_table
-from skdcd import CDEnergyEstimator, DCDEnergyEstimator, samplers
+from skdcd import CDEnergyEstimator, DCDEnergyEstimator, diffusion, samplers
 from skdcd.networks import MLPEnergy
 
 SECTION = "speed"
@@ -59,17 +59,18 @@ def time_fit(cls, params, X, steps):
     return (time.perf_counter() - start) / est.t_
 
 
-def time_bare_loop(X, steps, sigma=0.1):
+def time_bare_loop(X, steps):
     """DCD's default step without the estimator: the overhead reference.
 
     The same model and loss as ``DCDEnergyEstimator()``'s step: the MLP sees its input
     clipped to the data's box widened by 1 (``clip_margin``) under the envelope
-    ``‖x‖² / 18``, the default number of weighted importance proposals (half of them from
-    the Laplace fit of :func:`skdcd.samplers.laplace_proposals`) at ``σ = 0.1``, the
+    ``‖x‖² / 18``, the default number of weighted importance proposals (a third each from
+    the kernel, the Laplace fit and the batch's rows, :func:`skdcd.samplers.laplace_proposals`)
+    at the default noise levels (``σ = 0.1``, a quarter of the batch in ``[0.2, 1]``), the
     default energy penalty and the spurious-well guard.
     """
     default = DCDEnergyEstimator()
-    n_proposals, reg = default.n_proposals, default._energy_reg()
+    n_proposals, reg, wide = default.n_proposals, default._energy_reg(), default._wide_noise()
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     net = MLPEnergy(X.shape[1])
@@ -87,10 +88,11 @@ def time_bare_loop(X, steps, sigma=0.1):
         for group in opt.param_groups:
             group["lr"] = 0.5e-3 * (1 + math.cos(math.pi * step / steps))
         x = Z[torch.randint(n, (256,), generator=g)]
+        sigma = diffusion.sample_noise_levels(256, 0.1, generator=g, wide=wide)
         x_t = x + sigma * torch.randn(x.shape, generator=g)
-        ones = torch.ones(256, 1)
-        prop, log_ratio = samplers.laplace_proposals(energy, x_t, ones, sigma * ones,
-                                                     n_proposals=n_proposals, generator=g)
+        prop, log_ratio = samplers.laplace_proposals(energy, x_t, torch.ones(256, 1), sigma,
+                                                     n_proposals=n_proposals, generator=g,
+                                                     data=x, bandwidth=0.1)
         e = energy(prop.reshape(-1, d)).reshape(256, n_proposals)
         w = torch.softmax(-e.detach() - log_ratio, 1)
         e_pos = energy(x)

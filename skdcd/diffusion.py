@@ -64,11 +64,15 @@ def alpha_from_sigma(sigma: torch.Tensor, diffusion: str) -> torch.Tensor:
 def sample_noise_levels(
     n: int, noise_std: float | tuple[float, float], *, generator: torch.Generator,
     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    wide: tuple[float, float, float] | None = None,
 ) -> torch.Tensor:
     """Noise levels for a batch: one fixed ``σ``, or ``σ`` log-uniform in ``(low, high)``.
 
     A log-uniform ladder spends equal effort per octave of noise: small ``σ`` fits local
     shape (score-matching limit), large ``σ`` fits the relative weights of distant modes.
+    ``wide=(fraction, low, high)`` redraws about that fraction of the rows log-uniformly in
+    ``(low, high)``: most of the batch stays at ``noise_std``, where the detail is learnt,
+    while the rest reaches from one mode to the next.
 
     Returns
     -------
@@ -86,12 +90,26 @@ def sample_noise_levels(
     torch.Size([1000, 1])
     >>> bool((sigma > 0.0099).all() and (sigma < 1.0001).all())
     True
+    >>> sigma = sample_noise_levels(1000, 0.1, generator=g, wide=(0.25, 0.2, 1.0))
+    >>> wide = sigma > 0.1
+    >>> abs(float(wide.float().mean()) - 0.25) < 0.05, bool((sigma[wide] >= 0.2).all())
+    (True, True)
     """
     if np.isscalar(noise_std):
-        return torch.full((n, 1), float(noise_std), device=device, dtype=dtype)
-    low, high = (float(v) for v in noise_std)
+        sigma = torch.full((n, 1), float(noise_std), device=device, dtype=dtype)
+    else:
+        sigma = _log_uniform(n, *noise_std, generator=generator, device=device, dtype=dtype)
+    if wide is None:
+        return sigma
+    fraction, low, high = wide
+    redraw = torch.rand(n, 1, generator=generator, device=device, dtype=dtype) < fraction
+    return torch.where(redraw, _log_uniform(n, low, high, generator=generator, device=device,
+                                            dtype=dtype), sigma)  # (n, 1)
+
+
+def _log_uniform(n, low, high, *, generator, device, dtype) -> torch.Tensor:
     u = torch.rand(n, 1, generator=generator, device=device, dtype=dtype)
-    return torch.exp(np.log(low) + u * (np.log(high) - np.log(low)))  # (n, 1)
+    return torch.exp(np.log(float(low)) + u * (np.log(float(high)) - np.log(float(low))))
 
 
 def perturb(

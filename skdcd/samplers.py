@@ -202,7 +202,8 @@ def gaussian_proposals(
 
 def laplace_proposals(
     energy_fn: EnergyFn, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
-    n_proposals: int, generator: torch.Generator,
+    n_proposals: int, generator: torch.Generator, data: torch.Tensor | None = None,
+    bandwidth: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Proposals for ``q(x' | x_t)`` from the kernel and from a Laplace fit, with their log ratio.
 
@@ -219,6 +220,15 @@ def laplace_proposals(
     it and their self-normalised weights are biased: for a Gaussian energy of standard
     deviation ``s / 2`` and 32 proposals, the posterior mean energy came out 32 % too high
     from the kernel, 0.3 % from this mixture.
+
+    Given ``data`` (the clean batch, ``(n_data, d)``), a third of the proposals instead come
+    from the data's own posterior: a row ``x_i`` of ``data`` drawn with probability
+    ``∝ N(x_t; α x_i, σ² I)``, plus ``N(0, bandwidth² I)``. Where ``σ`` reaches across
+    several narrow modes, neither the kernel nor a Newton step from ``m`` finds them all, but
+    the data lie in them. For two 2-D modes of standard deviation 0.05, one apart and
+    weighted 3 : 1, seen at ``σ = 0.8`` with 48 proposals, kernel and fit gave the heavier
+    mode 0.12 too little posterior mass on average (towards equal weights); with data
+    proposals, 0.005 (``tests/test_samplers.py``).
 
     Returns
     -------
@@ -263,17 +273,34 @@ def laplace_proposals(
                                  posinf=0.0).clamp_min(0.0)  # (n, 1)
     var = var0 / (1 + var0 * curvature)  # (n, 1) the Laplace fit's variance
     mean = centre - var * grad  # (n, d)
-    n_kernel = n_proposals // 2
+    n_data = n_proposals // 3 if data is not None else 0
+    n_kernel = (n_proposals - n_data) // 2
+    n_fit = n_proposals - n_data - n_kernel
     kernel = gaussian_proposals(x_t, alpha, sigma, n_proposals=n_kernel, generator=generator)
-    noise = torch.randn((n, n_proposals - n_kernel, d), generator=generator, device=x_t.device,
-                        dtype=x_t.dtype)
-    proposals = torch.cat([kernel, mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * noise], dim=1)
+    noise = torch.randn((n, n_fit, d), generator=generator, device=x_t.device, dtype=x_t.dtype)
+    parts = [kernel, mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * noise]
+    if n_data:
+        # rows i of data drawn with π_ri ∝ N(x_t,r; α_r x_i, σ_r² I), one per proposal; given
+        # the draw, the proposals follow an equal mixture around them, whose density costs
+        # n_data terms instead of one per row of data
+        log_pi = -torch.cdist(x_t / alpha, data).pow(2) * (alpha / sigma).pow(2) / 2  # (n, N)
+        pick = torch.multinomial(torch.softmax(log_pi, dim=1), n_data, replacement=True,
+                                 generator=generator)
+        centres = data[pick]  # (n, n_data, d)
+        jitter = torch.randn((n, n_data, d), generator=generator, device=x_t.device,
+                             dtype=x_t.dtype)
+        parts.append(centres + bandwidth * jitter)
+    proposals = torch.cat(parts, dim=1)  # (n, M, d)
     log_kernel = _log_isotropic_normal(proposals, centre, var0)  # (n, M)
     log_fit = _log_isotropic_normal(proposals, mean, var)
-    if n_kernel == 0:  # a single proposal comes from the fit alone
-        return proposals, log_fit - log_kernel
-    frac = n_kernel / n_proposals
-    log_mixture = torch.logaddexp(math.log(frac) + log_kernel, math.log1p(-frac) + log_fit)
+    logs = [(n_kernel, log_kernel), (n_fit, log_fit)]
+    if n_data:
+        dist = torch.cdist(proposals, centres).pow(2)  # (n, M, n_data)
+        log_data = (torch.logsumexp(-dist / (2 * bandwidth**2), dim=2)
+                    - math.log(n_data) - d * math.log(bandwidth))
+        logs.append((n_data, log_data))
+    log_mixture = torch.logsumexp(torch.stack(
+        [math.log(k / n_proposals) + log_r for k, log_r in logs if k]), dim=0)
     return proposals, log_mixture - log_kernel
 
 
@@ -311,13 +338,14 @@ def importance_weights(energies: torch.Tensor) -> torch.Tensor:
 
 def importance_posterior(
     energy_fn: EnergyFn, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
-    n_proposals: int, generator: torch.Generator,
+    n_proposals: int, generator: torch.Generator, data: torch.Tensor | None = None,
+    bandwidth: float = 0.1,
 ) -> torch.Tensor:
     """MCMC-free posterior draw by sampling importance resampling.
 
     One of ``n_proposals`` :func:`laplace_proposals` is resampled per row with its
     :func:`importance_weights`; its gradient is an unbiased estimate of the weighted sum
-    ``Σ_j w_j ∇E(x'_j)``.
+    ``Σ_j w_j ∇E(x'_j)``. ``data`` and ``bandwidth`` are :func:`laplace_proposals`'.
 
     Returns
     -------
@@ -341,7 +369,8 @@ def importance_posterior(
     """
     n, d = x_t.shape
     proposals, log_ratio = laplace_proposals(energy_fn, x_t, alpha, sigma,
-                                             n_proposals=n_proposals, generator=generator)
+                                             n_proposals=n_proposals, generator=generator,
+                                             data=data, bandwidth=bandwidth)
     with torch.no_grad():
         weights = importance_weights(energy_fn(proposals.reshape(n * n_proposals, d))
                                      .reshape(n, n_proposals) + log_ratio)

@@ -27,6 +27,16 @@ def test_noise_levels_fixed_and_log_uniform():
     assert abs(float((log10 < -1.5).float().mean()) - 0.25) < 0.02
 
 
+def test_noise_levels_mix_in_a_wide_fraction():
+    g = torch.Generator().manual_seed(0)
+    sigma = diffusion.sample_noise_levels(20000, 0.1, generator=g, wide=(0.25, 0.2, 1.0))
+    wide = sigma != 0.1
+    assert abs(float(wide.float().mean()) - 0.25) < 0.01
+    assert sigma[wide].min() >= 0.2 and sigma[wide].max() <= 1.0
+    # log-uniform on [0.2, 1]: half of the wide levels lie below sqrt(0.2)
+    assert abs(float((sigma[wide] < 0.2**0.5).float().mean()) - 0.5) < 0.03
+
+
 def test_perturb_has_kernel_moments():
     g = torch.Generator().manual_seed(0)
     x0 = torch.full((50000, 2), 2.0, dtype=torch.float64)

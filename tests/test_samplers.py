@@ -89,6 +89,51 @@ def test_laplace_proposals_ratio_is_the_mixture_density_over_the_kernel():
     assert torch.exp(-log_ratio).mean().item() == pytest.approx(1.0, abs=0.01)
 
 
+def test_data_proposals_ratio_is_the_mixture_density_over_the_kernel():
+    n = 4000
+    x_t = torch.randn(n, 2, dtype=torch.float64, generator=_gen(3))
+    data = 1.5 * torch.randn(300, 2, dtype=torch.float64, generator=_gen(4))
+    a = torch.full((n, 1), 0.8, dtype=torch.float64)
+    s = torch.full((n, 1), 0.6, dtype=torch.float64)
+    proposals, log_ratio = samplers.laplace_proposals(
+        gaussian_energy, x_t, a, s, n_proposals=48, generator=_gen(), data=data, bandwidth=0.2)
+    assert proposals.shape == (n, 48, 2)
+    assert torch.exp(-log_ratio).mean().item() == pytest.approx(1.0, abs=0.01)
+
+
+def test_data_proposals_weigh_modes_that_the_kernel_misses():
+    # two narrow 2-D modes one apart, weighted 3 : 1 and seen at σ = 0.8: the posterior is a
+    # mixture of the two, with the heavier mode's mass π N(x_t; μ, S² + σ²) / Σ(...)
+    S, sigma, n = 0.05, 0.8, 4000
+    mu = torch.tensor([[0.5, 0.0], [-0.5, 0.0]], dtype=torch.float64)
+    log_pi = torch.tensor([0.75, 0.25], dtype=torch.float64).log()
+
+    def energy(x):
+        return -torch.logsumexp(log_pi - (x[:, None] - mu).pow(2).sum(-1) / (2 * S**2), dim=1)
+
+    g = _gen(1)
+    data = (mu[(torch.rand(256, generator=g, dtype=torch.float64) > 0.75).long()]
+            + S * torch.randn(256, 2, dtype=torch.float64, generator=g))
+    x_t = (data[torch.randint(256, (n,), generator=g)]
+           + sigma * torch.randn(n, 2, dtype=torch.float64, generator=g))
+    exact = torch.softmax(log_pi - (x_t[:, None] - mu).pow(2).sum(-1) / (2 * (S**2 + sigma**2)),
+                          dim=1)[:, 0]
+    one, s = torch.ones(n, 1, dtype=torch.float64), torch.full((n, 1), sigma,
+                                                                dtype=torch.float64)
+
+    def heavier_mass(proposals, log_ratio):
+        e = energy(proposals.reshape(-1, 2)).reshape(n, -1)
+        return (samplers.importance_weights(e + log_ratio) * (proposals[..., 0] > 0)).sum(1)
+
+    without = heavier_mass(*samplers.laplace_proposals(energy, x_t, one, s, n_proposals=48,
+                                                       generator=_gen(2)))
+    with_data = heavier_mass(*samplers.laplace_proposals(
+        energy, x_t, one, s, n_proposals=48, generator=_gen(2), data=data))
+    assert (without - exact).mean().item() < -0.08  # pulled towards equal weights
+    assert abs((with_data - exact).mean().item()) < 0.02
+    assert (with_data - exact).abs().mean() < 0.5 * (without - exact).abs().mean()
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.8])
 def test_laplace_proposals_fit_a_gaussian_posterior_exactly(alpha):
     # a Gaussian energy with equal standard deviations is isotropic across its gradient
