@@ -205,9 +205,9 @@ def laplace_proposals(
     n_proposals: int, generator: torch.Generator, data: torch.Tensor | None = None,
     bandwidth: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Proposals for ``q(x' | x_t)`` from the kernel and from a Laplace fit, with their log ratio.
+    """Proposals for ``q(x' | x_t)`` from the kernel, a Laplace fit and data, with their log ratio.
 
-    Half of the proposals follow the posterior's Gaussian factor ``N(m, s² I)``
+    Without ``data``, half of the proposals follow the posterior's Gaussian factor ``N(m, s² I)``
     (:func:`gaussian_proposals`; ``m = x_t / α``, ``s = σ / α``), half a Laplace fit of the
     posterior: a Newton step from ``m`` with ``h``, the curvature of ``E`` along its
     gradient, estimated by a finite difference of ``∇E`` over the Laplace step
