@@ -124,3 +124,19 @@ def test_gaussian_fit_recovers_the_covariance_and_floors_missing_directions():
 ])
 def test_energy_reg_auto(params, expected):
     assert DCDEnergyEstimator(**params)._energy_reg() == expected
+
+
+@pytest.mark.parametrize(("params", "wide"), [
+    ({}, True),  # tabular, importance negatives, VE: the data proposals reach wide levels
+    ({"noise_std": 0.1}, False),  # an explicit σ is kept as given
+    ({"noise_std": (0.1, 0.5)}, False),
+    ({"diffusion": "vp"}, False),  # VP would need σ < 1
+    ({"negative_sampler": "mala"}, False),  # chains do not cross modes at wide levels
+    ({"image_shape": (1, 1, 2)}, False),  # time-conditional: its own ladder
+])
+def test_auto_noise_mixes_in_wide_levels_only_for_importance_negatives(params, wide):
+    est = DCDEnergyEstimator(**params)
+    assert (est._wide_noise() is not None) == wide
+    if wide or params.get("noise_std") == 0.1:
+        _, _, sigma = est._noised(torch.zeros(4000, 2), torch.Generator().manual_seed(0))
+        assert abs(float((sigma > 0.1).float().mean()) - (0.25 if wide else 0.0)) < 0.03
