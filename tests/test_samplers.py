@@ -134,6 +134,21 @@ def test_data_proposals_weigh_modes_that_the_kernel_misses():
     assert (with_data - exact).abs().mean() < 0.5 * (without - exact).abs().mean()
 
 
+def test_data_proposals_use_a_bounded_subset_of_large_data():
+    # regression: all rows of data used to enter an (n, N) matrix, 3.2 GB for the
+    # 20,000-row negatives of test_dcd's sampler check
+    n, big = 2000, 5000
+    data = torch.arange(big, dtype=torch.float64).unsqueeze(1).repeat(1, 2)
+    x_t = data[:n] + 0.1 * torch.randn(n, 2, dtype=torch.float64, generator=_gen())
+    one = torch.ones(n, 1, dtype=torch.float64)
+    proposals, log_ratio = samplers.laplace_proposals(
+        gaussian_energy, x_t, one, 50 * one, n_proposals=6, generator=_gen(), data=data,
+        bandwidth=1e-3)
+    centres = torch.unique(proposals[:, 4:, 0].round())
+    assert len(centres) <= samplers._DATA_CENTRES < big
+    assert torch.isfinite(log_ratio).all()
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.8])
 def test_laplace_proposals_fit_a_gaussian_posterior_exactly(alpha):
     # a Gaussian energy with equal standard deviations is isotropic across its gradient
