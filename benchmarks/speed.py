@@ -70,7 +70,8 @@ def time_bare_loop(X, steps):
     default energy penalty and the spurious-well guard.
     """
     default = DCDEnergyEstimator()
-    n_proposals, reg, wide = default.n_proposals, default._energy_reg(), default._wide_noise()
+    n_proposals, reg = default.n_proposals, default._energy_reg()
+    wide = default._wide_noise(X.shape[1])
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     net = MLPEnergy(X.shape[1])
@@ -92,7 +93,7 @@ def time_bare_loop(X, steps):
         x_t = x + sigma * torch.randn(x.shape, generator=g)
         prop, log_ratio = samplers.laplace_proposals(energy, x_t, torch.ones(256, 1), sigma,
                                                      n_proposals=n_proposals, generator=g,
-                                                     data=x, bandwidth=0.1)
+                                                     data=x if wide else None, bandwidth=0.1)
         e = energy(prop.reshape(-1, d)).reshape(256, n_proposals)
         w = torch.softmax(-e.detach() - log_ratio, 1)
         e_pos = energy(x)

@@ -146,6 +146,9 @@ _ENERGY_REG_AUTO = """
 # relative weights are learnt rather than left to energy_reg's one level (rings, one seed:
 # NLL gap 0.072 at σ = 0.1 alone, 0.033 with these levels and data proposals)
 _WIDE_NOISE = (0.25, 0.2, 1.0)
+# ...up to this many features: 16-D, a mixture of four Gaussians, one seed: NLL gap 0.52
+# with the wide levels against 0.66 without; 64-D: 46 against 3.7
+_WIDE_MAX_FEATURES = 16
 # jitter of the data proposals (standardised units): σ's own narrow level
 _DATA_BANDWIDTH = 0.1
 # directions of the Gaussian envelope of a time-conditional energy, and rows that fit them
@@ -222,12 +225,13 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         the noise ladder. ``"auto"``: ``0.1``, or, for a time-conditional model, a ladder
         from ``0.05`` to the largest distance between two training rows (standardised; on
         a subsample of 1,000 rows), wide enough that the widest level is nearly Gaussian.
-        With the importance sampler and VE, ``"auto"`` also draws a quarter of each batch
-        log-uniformly in ``[0.2, 1.0]``: at ``σ = 0.1`` alone the posterior never spans two
-        modes, so their relative weights go unlearnt (left to ``energy_reg``, which pulls
-        every mode to one level), while wide levels let each example's negatives weigh its
-        neighbouring modes against one another, from the data proposals of
-        ``n_proposals``.
+        With the importance sampler, VE and at most 16 features, ``"auto"`` also draws a
+        quarter of each batch log-uniformly in ``[0.2, 1.0]``: at ``σ = 0.1`` alone the
+        posterior never spans two modes, so their relative weights go unlearnt (left to
+        ``energy_reg``, which pulls every mode to one level), while wide levels let each
+        example's negatives weigh its neighbouring modes against one another, from the
+        data proposals of ``n_proposals``. Beyond 16 features their posteriors are too
+        wide for the proposals (64-D, one seed: NLL gap 46 against 3.7 without them).
     time_conditional : bool or "auto", default="auto"
         Learn a time-dependent energy ``E(x, σ)``, one EBM per noise level ``σ`` in the span
         of ``noise_std``, each the model of the data diffused (VE) to that level. Each
@@ -277,10 +281,11 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         Langevin/MALA step as a fraction of the posterior variance ``σ²/α²``.
     n_proposals : int, default=48
         Proposals per example for the importance sampler
-        (:func:`skdcd.samplers.laplace_proposals`): a third from the kernel, a third from a
-        Laplace fit of the posterior, and a third from the posterior of the batch's own
-        rows (each row chosen with its kernel likelihood given ``x_t``, jittered by
-        ``N(0, 0.1² I)``), the only ones that reach narrow modes at a wide ``σ``.
+        (:func:`skdcd.samplers.laplace_proposals`): half from the kernel and half from a
+        Laplace fit of the posterior or, with the wide levels of ``noise_std="auto"``, a
+        third each from these and from the posterior of the batch's own rows (each row
+        chosen with its kernel likelihood given ``x_t``, jittered by ``N(0, 0.1² I)``),
+        the only ones that reach narrow modes at a wide ``σ``.
         Self-normalised weights of few proposals bias the negatives wherever the
         posterior is narrower than the kernel: with 16 kernel proposals, eight Gaussians
         kept an NLL gap of 0.08 nats whatever the number of steps; with 32, 0.03; with 32
@@ -554,24 +559,29 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         ).detach()
 
     # ------------------------------------------------------------------ negatives
-    def _wide_noise(self) -> tuple[float, float, float] | None:
-        """``(fraction, low, high)`` of the wide levels that ``noise_std="auto"`` mixes in."""
+    def _wide_noise(self, n_features: int) -> tuple[float, float, float] | None:
+        """``(fraction, low, high)`` of the wide levels that ``noise_std="auto"`` mixes in.
+
+        Only up to ``_WIDE_MAX_FEATURES`` features: beyond, a wide level's posterior is too
+        wide for a few proposals (64-D, one seed: NLL gap 46 with them, 3.7 without).
+        """
         if (self.noise_std == "auto" and self.diffusion == "ve" and not self._noise_conditional()
-                and self._sampler() == "importance"):
+                and self._sampler() == "importance" and n_features <= _WIDE_MAX_FEATURES):
             return _WIDE_NOISE
         return None
 
     def _noised(self, x_pos: torch.Tensor, generator: torch.Generator):
         sigma = diff.sample_noise_levels(x_pos.shape[0], self._noise(), generator=generator,
                                          device=x_pos.device, dtype=x_pos.dtype,
-                                         wide=self._wide_noise())  # (B, 1)
+                                         wide=self._wide_noise(x_pos.shape[1]))  # (B, 1)
         alpha = diff.alpha_from_sigma(sigma, self.diffusion)  # (B, 1)
         return diff.perturb(x_pos, alpha, sigma, generator=generator), alpha, sigma  # x_t (B, d)
 
     def _negative_energies(self, net, x_pos: torch.Tensor,
                            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x_t, alpha, sigma = self._noised(x_pos, generator)
-        return self._posterior_energies(net, x_t, alpha, sigma, generator, data=x_pos)
+        return self._posterior_energies(net, x_t, alpha, sigma, generator,
+                                        data=self._proposal_data(x_pos))
 
     def _posterior_energies(self, energy_fn, x_t: torch.Tensor, alpha: torch.Tensor,
                             sigma: torch.Tensor, generator: torch.Generator,
@@ -624,4 +634,9 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     def _negatives(self, energy_fn, x_pos: torch.Tensor,
                    generator: torch.Generator) -> torch.Tensor:
         x_t, alpha, sigma = self._noised(x_pos, generator)
-        return self._posterior_draw(energy_fn, x_t, alpha, sigma, generator, data=x_pos)
+        return self._posterior_draw(energy_fn, x_t, alpha, sigma, generator,
+                                    data=self._proposal_data(x_pos))
+
+    def _proposal_data(self, x_pos: torch.Tensor) -> torch.Tensor | None:
+        """The batch that lends the importance sampler proposals, with the wide levels only."""
+        return x_pos if self._wide_noise(x_pos.shape[1]) is not None else None

@@ -133,10 +133,14 @@ def test_energy_reg_auto(params, expected):
     ({"diffusion": "vp"}, False),  # VP would need σ < 1
     ({"negative_sampler": "mala"}, False),  # chains do not cross modes at wide levels
     ({"image_shape": (1, 1, 2)}, False),  # time-conditional: its own ladder
+    ({"_d": 64}, False),  # too many features for a wide posterior
 ])
 def test_auto_noise_mixes_in_wide_levels_only_for_importance_negatives(params, wide):
+    params = dict(params)
+    d = params.pop("_d", 2)
     est = DCDEnergyEstimator(**params)
-    assert (est._wide_noise() is not None) == wide
+    assert (est._wide_noise(d) is not None) == wide
+    assert (est._proposal_data(torch.zeros(3, d)) is not None) == wide
     if wide or params.get("noise_std") == 0.1:
         _, _, sigma = est._noised(torch.zeros(4000, 2), torch.Generator().manual_seed(0))
         assert abs(float((sigma > 0.1).float().mean()) - (0.25 if wide else 0.0)) < 0.03
