@@ -289,6 +289,9 @@ def laplace_proposals(
             data = data[torch.randperm(data.shape[0], generator=generator,
                                        device=data.device)[:_DATA_CENTRES]]
         log_pi = -torch.cdist(x_t / alpha, data).pow(2) * (alpha / sigma).pow(2) / 2  # (n, N)
+        # non-finite distances (data near the float limit): no row preferred over another
+        log_pi = torch.nan_to_num(log_pi, nan=-torch.inf)
+        log_pi = torch.where(torch.isinf(log_pi).all(dim=1, keepdim=True), 0.0, log_pi)
         pick = torch.multinomial(torch.softmax(log_pi, dim=1), n_data, replacement=True,
                                  generator=generator)
         centres = data[pick]  # (n, n_data, d)

@@ -1,5 +1,7 @@
 """DCD: the estimator's gradient against the closed-form Gaussian DCD, and its samplers."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,16 @@ def test_auto_noise_mixes_in_wide_levels_only_for_importance_negatives(params, w
     if wide or params.get("noise_std") == 0.1:
         _, _, sigma = est._noised(torch.zeros(4000, 2), torch.Generator().manual_seed(0))
         assert abs(float((sigma > 0.1).float().mean()) - (0.25 if wide else 0.0)) < 0.03
+
+
+def test_partial_fit_on_rows_at_the_float_limit_does_not_crash_the_data_proposals():
+    # regression (hypothesis): after a fit on zeros, a row at the float32 limit made every
+    # data-proposal probability NaN and torch.multinomial raised a RuntimeError
+    est = DCDEnergyEstimator(**FAST)
+    est.partial_fit(np.array([[0.0, 0.0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            est.partial_fit(np.array([[3.40282357e38, 3.40282357e38]]))
+        except ValueError:  # a clear refusal (divergence) is fine; a crash is not
+            pass
