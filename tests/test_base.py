@@ -675,7 +675,8 @@ def test_well_loss_is_the_squared_depth_below_the_floor():
 def test_well_penalty_removes_a_well_that_negatives_never_visit(blobs):
     # blobs' standardised data live near the origin; the narrow well sits in the box's
     # corner, where no data point or negative feels more than its tail (with 32 proposals
-    # per example its depth moved by 2e-4)
+    # per example its depth moved by 2e-4). noise_std=0.1: the default's wide levels reach
+    # the corner and raise the well themselves (depth 7.2 without the penalty)
     def factory(d):
         return _Well(30.0, [2.8, 2.8], width=0.15)
 
@@ -683,7 +684,8 @@ def test_well_penalty_removes_a_well_that_negatives_never_visit(blobs):
     for penalty in (0.0, 1.0):
         est = DCDEnergyEstimator(**{**FAST, "energy_net": factory, "well_penalty": penalty,
                                     "learning_rate": 0.5, "lr_schedule": "constant",
-                                    "max_iter": 100, "envelope_std": None})
+                                    "max_iter": 100, "envelope_std": None,
+                                    "noise_std": 0.1})
         est.fit(blobs)
         depths[penalty] = float(est.energy_net_.net.depth)
     assert depths[0.0] > 29.9 and depths[1.0] < 20
