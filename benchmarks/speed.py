@@ -93,7 +93,7 @@ def time_bare_loop(X, steps):
         x_t = x + sigma * torch.randn(x.shape, generator=g)
         prop, log_ratio = samplers.laplace_proposals(energy, x_t, torch.ones(256, 1), sigma,
                                                      n_proposals=n_proposals, generator=g,
-                                                     data=x if wide else None, bandwidth=0.1)
+                                                     data=x if wide else None)
         e = energy(prop.reshape(-1, d)).reshape(256, n_proposals)
         w = torch.softmax(-e.detach() - log_ratio, 1)
         e_pos = energy(x)

@@ -149,8 +149,6 @@ _WIDE_NOISE = (0.25, 0.2, 1.0)
 # ...up to this many features: 16-D, a mixture of four Gaussians, one seed: NLL gap 0.52
 # with the wide levels against 0.66 without; 64-D: 46 against 3.7
 _WIDE_MAX_FEATURES = 16
-# jitter of the data proposals (standardised units): σ's own narrow level
-_DATA_BANDWIDTH = 0.1
 # directions of the Gaussian envelope of a time-conditional energy, and rows that fit them
 _ENVELOPE_DIRECTIONS, _ENVELOPE_ROWS = 128, 4096
 # envelope_components="auto": a mixture of this many full-covariance Gaussians up to this
@@ -595,7 +593,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             # Σ_j w_j E(x'_j), w = softmax(-E - log r/N): one forward pass gives both
             proposals, log_ratio = samplers.laplace_proposals(
                 energy_fn, x_t, alpha, sigma, n_proposals=self.n_proposals,
-                generator=generator, data=data, bandwidth=_DATA_BANDWIDTH)  # (B, M, d), (B, M)
+                generator=generator, data=data)  # (B, M, d), (B, M)
             batch, n_prop, d = proposals.shape
             energies = energy_fn(proposals.reshape(batch * n_prop, d)).reshape(batch, n_prop)
             weights = samplers.importance_weights(energies + log_ratio)  # (B, M), detached
@@ -617,8 +615,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         if sampler == "importance":
             return samplers.importance_posterior(energy_fn, x_t, alpha, sigma,
                                                  n_proposals=self.n_proposals,
-                                                 generator=generator, data=data,
-                                                 bandwidth=_DATA_BANDWIDTH)
+                                                 generator=generator, data=data)
         if sampler == "laplace":
             return samplers.laplace_posterior(energy_fn, x_t, alpha, sigma, generator=generator)
 
