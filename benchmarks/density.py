@@ -40,7 +40,8 @@ FAILED_GAP = 1.0  # a gap above one nat is a broken model (e.g. a spurious mode)
 METHODS = {
     "dcd": ("DCD", {}),
     "cd-10": ("CD", {}),
-    "dcd-resampled": ("DCD", {"resample_proposals": True}),
+    "dcd-weighted": ("DCD", {"n_negatives": None}),
+    "dcd-resampled": ("DCD", {"n_negatives": 1}),
     "dcd-langevin": ("DCD", {"negative_sampler": "langevin", "posterior_steps": 5}),
     "dcd-mala": ("DCD", {"negative_sampler": "mala", "posterior_steps": 5}),
     "dcd-laplace": ("DCD", {"negative_sampler": "laplace"}),

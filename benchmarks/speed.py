@@ -2,7 +2,7 @@
 
 Run through the suite (``python -m benchmarks run --sections speed``) on an idle machine.
 Batch 256, the default MLP, data with 2 and 64 features. The bare loop does DCD's default step
-(weighted importance negatives) in plain torch with no estimator around it; the overhead is
+(importance negatives, resampled) in plain torch with no estimator around it; the overhead is
 the median ratio over five interleaved repeats (three left it within ±0.3 of 1.1).
 
 Images: the default convolutional energy (``image_shape``) at batch 128 on 8×8 grey and
@@ -28,7 +28,8 @@ from skdcd.networks import MLPEnergy
 SECTION = "speed"
 METHODS = {
     "dcd-importance": (DCDEnergyEstimator, {}),
-    "dcd-importance-resampled": (DCDEnergyEstimator, {"resample_proposals": True}),
+    "dcd-importance-weighted": (DCDEnergyEstimator, {"n_negatives": None}),
+    "dcd-importance-resampled": (DCDEnergyEstimator, {"n_negatives": 1}),
     "dcd-langevin-5": (DCDEnergyEstimator, {"negative_sampler": "langevin",
                                             "posterior_steps": 5}),
     "dcd-mala-5": (DCDEnergyEstimator, {"negative_sampler": "mala", "posterior_steps": 5}),
@@ -64,13 +65,15 @@ def time_bare_loop(X, steps):
 
     The same model and loss as ``DCDEnergyEstimator()``'s step: the MLP sees its input
     clipped to the data's box widened by 1 (``clip_margin``) under the envelope
-    ``‖x‖² / 18``, the default number of weighted importance proposals (a third each from
-    the kernel, the Laplace fit and the batch's rows, :func:`skdcd.samplers.laplace_proposals`)
+    ``‖x‖² / 18``, the default number of importance proposals (a third each from
+    the kernel, the Laplace fit and the batch's rows, :func:`skdcd.samplers.laplace_proposals`),
+    of which the default number are resampled with their weights and back-propagated
     at the default noise levels (``σ = 0.1``, a quarter of the batch in ``[0.2, 1]``), the
     default energy penalty and the spurious-well guard.
     """
     default = DCDEnergyEstimator()
-    n_proposals, reg = default.n_proposals, default._energy_reg()
+    n_proposals, n_negatives = default.n_proposals, default.n_negatives
+    reg = default._energy_reg()
     wide = default._wide_noise(X.shape[1])
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -94,11 +97,13 @@ def time_bare_loop(X, steps):
         prop, log_ratio = samplers.laplace_proposals(energy, x_t, torch.ones(256, 1), sigma,
                                                      n_proposals=n_proposals, generator=g,
                                                      data=x if wide else None)
-        e = energy(prop.reshape(-1, d)).reshape(256, n_proposals)
-        w = torch.softmax(-e.detach() - log_ratio, 1)
+        with torch.no_grad():
+            e = energy(prop.reshape(-1, d)).reshape(256, n_proposals)
+        pick = samplers.systematic_resample(-e - log_ratio, g, n_draws=n_negatives)
+        e_neg = energy(prop[torch.arange(256).unsqueeze(1), pick].reshape(-1, d))
         e_pos = energy(x)
-        loss = (e_pos.mean() - (w * e).sum(1).mean()
-                + reg * (e_pos.pow(2).mean() + (w * e.pow(2)).sum(1).mean()))
+        loss = (e_pos.mean() - e_neg.mean()
+                + reg * (e_pos.pow(2).mean() + e_neg.pow(2).mean()))
         # the default spurious-well guard (well_penalty=1): 64 uniform points in the box
         u = low + span * torch.rand((64, d), generator=g)
         loss = loss + torch.relu(e_pos.detach().min() - 1.0 - energy(u)).pow(2).mean()

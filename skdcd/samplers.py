@@ -468,8 +468,14 @@ def _logmeanexp(v: torch.Tensor) -> float:
     return float(torch.logsumexp(v, dim=0) - math.log(v.numel()))
 
 
-def systematic_resample(log_weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def systematic_resample(log_weights: torch.Tensor, generator: torch.Generator,
+                        n_draws: int | None = None) -> torch.Tensor:
     """Indices of a systematic resampling (lowest variance of the standard schemes).
+
+    Resamples along the last axis, independently for every leading index: ``n_draws``
+    indices (default: as many as there are weights) on a grid of spacing ``1 / n_draws``
+    with one uniform offset per row, so that index ``i`` is drawn ``n_draws w_i`` times on
+    average and ``⌊n_draws w_i⌋`` times at least.
 
     Examples
     --------
@@ -480,14 +486,22 @@ def systematic_resample(log_weights: torch.Tensor, generator: torch.Generator) -
     >>> idx = systematic_resample(log_w, torch.Generator().manual_seed(0))
     >>> torch.bincount(idx, minlength=4)
     tensor([2, 1, 1, 0])
+
+    Rows are resampled separately:
+
+    >>> log_w = torch.log(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]))
+    >>> systematic_resample(log_w, torch.Generator().manual_seed(0), n_draws=2)
+    tensor([[0, 0],
+            [1, 2]])
     """
-    n = log_weights.numel()
-    w = torch.softmax(log_weights.double(), dim=0)
-    cdf = torch.cumsum(w, dim=0)
-    cdf[-1] = 1.0
-    u0 = torch.rand((), generator=generator, device=w.device, dtype=w.dtype)
-    points = (u0 + torch.arange(n, device=w.device, dtype=w.dtype)) / n
-    return torch.searchsorted(cdf, points).clamp_(max=n - 1)
+    n = log_weights.shape[-1]
+    n_draws = n if n_draws is None else n_draws
+    w = torch.softmax(log_weights.double(), dim=-1)
+    cdf = torch.cumsum(w, dim=-1)
+    cdf[..., -1] = 1.0
+    u0 = torch.rand((*w.shape[:-1], 1), generator=generator, device=w.device, dtype=w.dtype)
+    points = (u0 + torch.arange(n_draws, device=w.device, dtype=w.dtype)) / n_draws
+    return torch.searchsorted(cdf, points.contiguous()).clamp_(max=n - 1)
 
 
 def anneal(

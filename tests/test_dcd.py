@@ -40,13 +40,13 @@ def _estimator_grad(est, n=20000, seed=0):
 
 
 @pytest.mark.parametrize("diffusion,sigma", [("ve", 0.7), ("vp", 0.6)])
-@pytest.mark.parametrize("sampler,resample", [("importance", False), ("importance", True),
-                                              ("mala", False)])
+@pytest.mark.parametrize("sampler,n_negatives", [("importance", None), ("importance", 8),
+                                                  ("importance", 1), ("mala", None)])
 def test_gradient_matches_finite_difference_of_closed_form_dcd(diffusion, sigma, sampler,
-                                                               resample):
+                                                               n_negatives):
     est = DCDEnergyEstimator(diffusion=diffusion, noise_std=sigma, negative_sampler=sampler,
                              n_proposals=256, posterior_steps=60, posterior_step_size=0.3,
-                             resample_proposals=resample)
+                             n_negatives=n_negatives)
     expected = _closed_form_grad(sigma, diffusion)
     got = np.mean([_estimator_grad(est, seed=s) for s in range(3)], axis=0)
     assert np.abs(expected).max() > 0.1  # the oracle is not trivially zero
@@ -76,7 +76,7 @@ def test_the_four_negative_samplers_agree_on_a_gaussian_model(diffusion):
         n_steps, step_size = step.get(sampler, (1, 0.1))
         est = DCDEnergyEstimator(diffusion=diffusion, noise_std=sigma, negative_sampler=sampler,
                                  n_proposals=64, posterior_steps=n_steps,
-                                 posterior_step_size=step_size, resample_proposals=True)
+                                 posterior_step_size=step_size)
         g = torch.Generator().manual_seed(0)
         # fix x_t: subtract the noise the sampler adds by drawing it ourselves
         x_neg = est._negatives(net, x0, g).numpy()
@@ -95,8 +95,8 @@ def test_noise_ladder_and_vp_fit(blobs):
         for sampler in ("importance", "langevin", "mala", "laplace"):
             est = DCDEnergyEstimator(**{**FAST, **params, "negative_sampler": sampler})
             assert np.isfinite(est.fit(blobs).score(blobs))
-    resampled = DCDEnergyEstimator(**{**FAST, "resample_proposals": True}).fit(blobs)
-    assert np.isfinite(resampled.score(blobs))
+    weighted = DCDEnergyEstimator(**{**FAST, "n_negatives": None}).fit(blobs)
+    assert np.isfinite(weighted.score(blobs))
 
 
 def test_gaussian_fit_recovers_the_covariance_and_floors_missing_directions():

@@ -231,7 +231,7 @@ def test_time_conditional_checks_its_parameters(images):
 
 @pytest.mark.parametrize("sampler", ["importance", "langevin", "mala", "laplace"])
 def test_time_conditional_fit_works_with_every_sampler(images, sampler):
-    kw = dict(IMG, resample_proposals=False)
+    kw = dict(IMG, n_negatives=None)
     est = DCDEnergyEstimator(time_conditional=True, negative_sampler=sampler,
                              image_shape=(2, 4, 6), recovery_steps=2, **kw).fit(images)
     assert np.isfinite(est.loss_curve_).all()

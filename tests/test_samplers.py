@@ -245,6 +245,20 @@ def test_systematic_resample_counts_follow_weights():
     assert (counts - 1000 * w).abs().max() <= 1
 
 
+def test_systematic_resample_rows_are_unbiased_and_keep_heavy_proposals():
+    # 4,000 rows of the same 6 weights, 4 draws each: the mean count of index j is 4 w_j,
+    # and an index with 4 w_j >= m is drawn at least m times in every row
+    w = torch.tensor([0.55, 0.3, 0.1, 0.03, 0.02, 0.0], dtype=torch.float64)
+    log_w = torch.log(w).expand(4000, 6)
+    idx = samplers.systematic_resample(log_w, _gen(), n_draws=4)
+    assert idx.shape == (4000, 4)
+    counts = torch.nn.functional.one_hot(idx, 6).sum(dim=1).double()  # (4000, 6)
+    assert torch.allclose(counts.mean(dim=0), 4 * w, atol=0.02)
+    assert (counts[:, 0] >= 2).all() and (counts[:, 1] >= 1).all() and (counts[:, 5] == 0).all()
+    # one offset per row: rows differ
+    assert len({tuple(r) for r in idx.tolist()}) > 1
+
+
 def test_anneal_estimates_log_normalizer_and_mode_weights():
     # mixture 0.8 N(-3, 0.3²) + 0.2 N(3, 0.3²), total mass Z = 2 (unnormalised)
     def energy(x):
