@@ -229,11 +229,14 @@ def test_time_conditional_checks_its_parameters(images):
         DCDEnergyEstimator(time_conditional=True, noise_std=0.1, **FAST).fit(X)
 
 
-@pytest.mark.parametrize("sampler", ["importance", "langevin", "mala", "laplace"])
-def test_time_conditional_fit_works_with_every_sampler(images, sampler):
-    kw = dict(IMG, n_negatives=None)
+@pytest.mark.parametrize("sampler,n_negatives", [("importance", 8), ("importance", None),
+                                                  ("langevin", 8), ("mala", 8), ("laplace", 8)])
+def test_time_conditional_fit_works_with_every_sampler(images, sampler, n_negatives):
+    # resampled importance negatives come in blocks of n_negatives per row, each at its
+    # row's noise level
     est = DCDEnergyEstimator(time_conditional=True, negative_sampler=sampler,
-                             image_shape=(2, 4, 6), recovery_steps=2, **kw).fit(images)
+                             n_negatives=n_negatives, image_shape=(2, 4, 6), recovery_steps=2,
+                             **IMG).fit(images)
     assert np.isfinite(est.loss_curve_).all()
     assert est.sample(3, random_state=0).shape == (3, 48)
 
