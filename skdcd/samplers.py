@@ -352,8 +352,9 @@ def importance_posterior(
     """MCMC-free posterior draw by sampling importance resampling.
 
     One of ``n_proposals`` :func:`laplace_proposals` is resampled per row with its
-    :func:`importance_weights`; its gradient is an unbiased estimate of the weighted sum
-    ``Σ_j w_j ∇E(x'_j)``. ``data`` and ``bandwidth`` are :func:`laplace_proposals`'.
+    :func:`importance_weights` (:func:`systematic_resample` with one draw); its gradient is
+    an unbiased estimate of the weighted sum ``Σ_j w_j ∇E(x'_j)``. ``data`` and
+    ``bandwidth`` are :func:`laplace_proposals`'.
 
     Returns
     -------
@@ -382,7 +383,7 @@ def importance_posterior(
     with torch.no_grad():
         weights = importance_weights(energy_fn(proposals.reshape(n * n_proposals, d))
                                      .reshape(n, n_proposals) + log_ratio)
-    choice = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (n,)
+    choice = systematic_resample(weights.log(), generator, n_draws=1).squeeze(1)  # (n,)
     return proposals[torch.arange(n, device=x_t.device), choice]
 
 
