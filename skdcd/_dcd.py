@@ -294,7 +294,8 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         (:func:`skdcd.samplers.systematic_resample`), so that the gradient is an unbiased
         estimate of the weighted sum over all ``n_proposals`` while the weights need only a
         forward pass. ``None`` back-propagates every proposal with its weight: the lowest
-        variance, at about twice the step time on a CPU.
+        variance, at 1.6× the step time on a CPU (52 against 32 ms in 2-D; on the six toys,
+        one seed each, the same NLL gaps: 0.022 against 0.021 on average).
     {_PARAMS_DOC.replace("{energy_reg}", 'float or "auto", default="auto"')
                 .replace("{energy_reg_auto}", _ENERGY_REG_AUTO)}
     {_ATTRIBUTES_DOC}
@@ -604,9 +605,9 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
                 weights = samplers.importance_weights(energies + log_ratio)  # detached
                 return ((weights * energies).sum(dim=1).mean(),
                         (weights * energies.pow(2)).sum(dim=1).mean())
-            # back-propagating every proposal cost twice the forward pass that the weights
-            # need; K systematic draws keep Σ_j w_j E(x'_j) in expectation, and a proposal
-            # of weight w is drawn ⌊K w⌋ times at least
+            # the weights need only a forward pass; back-propagating every proposal made a
+            # step 1.6× as long. K systematic draws keep Σ_j w_j E(x'_j) in expectation, and
+            # a proposal of weight w is drawn ⌊K w⌋ times at least
             with torch.no_grad():
                 energies = energy_fn(flat).reshape(batch, n_prop)
             weights = samplers.importance_weights(energies + log_ratio)
