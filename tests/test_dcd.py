@@ -159,3 +159,24 @@ def test_partial_fit_on_rows_at_the_float_limit_does_not_crash_the_data_proposal
             est.partial_fit(np.array([[3.40282357e38, 3.40282357e38]]))
         except ValueError:  # a clear refusal (divergence) is fine; a crash is not
             pass
+
+
+@pytest.mark.parametrize("n_negatives", [8, None])
+def test_only_the_resampled_negatives_are_back_propagated(n_negatives):
+    # the cost that n_negatives saves: the forward pass over all proposals runs without a
+    # graph, and the graph holds n_negatives rows per example
+    est = DCDEnergyEstimator(noise_std=0.1, n_proposals=48, n_negatives=n_negatives)
+    net = EnvelopedEnergy(QuadraticEnergy(2, MEAN_Q, LOG_PREC_Q).double(), None)
+    calls = []
+
+    def energy_fn(x):
+        calls.append((x.shape[0], torch.is_grad_enabled()))
+        return net(x)
+
+    x_t = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    one = torch.ones(16, 1, dtype=torch.float64)
+    est._posterior_energies(energy_fn, x_t, one, 0.1 * one, torch.Generator().manual_seed(1))
+    graphs = [rows for rows, grad in calls if grad and rows != 16]  # not the Laplace fit's
+    assert graphs == [16 * (n_negatives or 48)]
+    if n_negatives:
+        assert (16 * 48, False) in calls
