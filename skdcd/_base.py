@@ -158,7 +158,12 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
 
     def __setstate__(self, state: dict) -> None:
         _warn_if_other_version(type(self).__name__, state.pop("_skdcd_version", "unknown"))
-        super().__setstate__(state)
+        super().__setstate__(self._upgrade_params(state))
+
+    @classmethod
+    def _upgrade_params(cls, params: dict) -> dict:
+        """Constructor parameters saved by an earlier skdcd, in today's names."""
+        return params
 
     def save(self, path: str | os.PathLike) -> None:
         """Save the fitted model as tensors and JSON, loadable without unpickling code.
@@ -260,7 +265,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             raise ValueError("This model was fitted with a custom energy_net; pass the same "
                              "factory as load(path, energy_net=...).")
         params["energy_net"] = energy_net if params["energy_net"] == "custom" else None
-        est = cls(**params)
+        est = cls(**cls._upgrade_params(params))
         for k, v in json.loads(payload["scalars"]).items():
             setattr(est, k, v)
         for k, v in payload["arrays"].items():

@@ -379,6 +379,16 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
 
     _ARRAY_STATE = (*BaseEnergyEstimator._ARRAY_STATE, "noise_levels_")
 
+    @classmethod
+    def _upgrade_params(cls, params: dict) -> dict:
+        if "resample_proposals" not in params:
+            return params
+        # skdcd before n_negatives: True back-propagated one resampled proposal, False the
+        # weighted sum over all of them, which a warm start should keep training with
+        params = dict(params)
+        params["n_negatives"] = 1 if params.pop("resample_proposals") else None
+        return params
+
     def _sampler(self) -> str:
         """``negative_sampler`` with ``"auto"`` resolved."""
         if self.negative_sampler != "auto":

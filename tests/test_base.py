@@ -1,6 +1,7 @@
 """The estimator contract shared by DCDEnergyEstimator and CDEnergyEstimator."""
 
 import copy
+import json
 import os
 import pickle
 import warnings
@@ -608,6 +609,32 @@ def test_loading_a_model_from_another_version_warns(how, blobs, tmp_path, monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error", InconsistentVersionWarning)
         pickle.loads(pickle.dumps(est))  # the same version is silent
+
+
+@pytest.mark.parametrize("how", ["pickle", "save"])
+@pytest.mark.parametrize("old, new", [(True, 1), (False, None)])
+def test_a_model_saved_with_resample_proposals_loads_with_n_negatives(how, old, new, blobs,
+                                                                      tmp_path):
+    # resample_proposals (a bool) became n_negatives; files from before must still load, and
+    # train on as they did
+    est = DCDEnergyEstimator(**FAST).fit(blobs)
+    if how == "pickle":
+        state = est.__getstate__()
+        del state["n_negatives"]
+        state["resample_proposals"] = old
+        other = DCDEnergyEstimator.__new__(DCDEnergyEstimator)
+        other.__setstate__(state)
+    else:
+        est.save(tmp_path / "m.pt")
+        payload = torch.load(tmp_path / "m.pt", weights_only=True)
+        params = json.loads(payload["params"])
+        del params["n_negatives"]
+        payload["params"] = json.dumps({**params, "resample_proposals": old})
+        torch.save(payload, tmp_path / "old.pt")
+        other = DCDEnergyEstimator.load(tmp_path / "old.pt")
+    assert other.n_negatives == new and "resample_proposals" not in other.__dict__
+    assert np.array_equal(est.energy(blobs), other.energy(blobs))
+    other.partial_fit(blobs)
 
 
 # ---------------------------------------------------------------- found by tests/test_fuzz.py
