@@ -65,8 +65,9 @@ def time_fit(cls, params, X, steps):
 def time_bare_loop(X, steps):
     """DCD's default step without the estimator: the overhead reference.
 
-    The same model and loss as ``DCDEnergyEstimator()``'s step: the MLP sees its input
-    clipped to the data's box widened by 1 (``clip_margin``) under the envelope
+    The same model and loss as ``DCDEnergyEstimator()``'s step: the MLP (with its default
+    input gain) sees its input clipped to the data's box widened by 1 (``clip_margin``)
+    under the envelope
     ``‖x‖² / 18``, the default number of importance proposals (a third each from
     the kernel, the Laplace fit and the batch's rows, :func:`skdcd.samplers.laplace_proposals`),
     of which the default number are resampled with their weights and back-propagated

@@ -46,7 +46,8 @@ WELL_PROBES = 64  # uniform points per step at which well_penalty looks for spur
 logger = logging.getLogger("skdcd")
 
 WEIGHTS_FORMAT = "skdcd-weights"
-WEIGHTS_FORMAT_VERSION = 2  # 2: the envelope's buffers have an axis of mixture components
+# 2: the envelope's buffers have an axis of mixture components; 3: MLPEnergy's input_gain
+WEIGHTS_FORMAT_VERSION = 3
 _ENVELOPE_BUFFERS = ("center", "directions", "variances", "residual_variance", "log_weights")
 
 
@@ -276,6 +277,9 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             est.feature_names_in_ = np.asarray(payload["feature_names_in"], dtype=object)
         net = est._build_energy_net(est.n_features_in_)
         state = payload["energy_net"]
+        if payload["format_version"] < 3:  # MLPEnergy saw x itself: a gain of 1
+            state = {**{k: torch.tensor(1.0) for k in net.state_dict()
+                        if k.endswith("input_gain")}, **state}
         net.set_bounds(state["low"], state["high"])  # sizes the clipping box's buffers
         if "log_weights" not in state and state.get("directions", torch.zeros(0)).numel():
             # format 1 held one Gaussian, without the axis of mixture components

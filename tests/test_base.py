@@ -637,6 +637,20 @@ def test_a_model_saved_with_resample_proposals_loads_with_n_negatives(how, old, 
     other.partial_fit(blobs)
 
 
+def test_a_format_2_file_loads_with_an_input_gain_of_one(blobs, tmp_path):
+    # format 2 predates MLPEnergy's input_gain: its networks saw x itself
+    est = DCDEnergyEstimator(**FAST).fit(blobs)
+    est.energy_net_.net.input_gain.fill_(1.0)
+    est.save(tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    del payload["energy_net"]["net.input_gain"]
+    payload["format_version"] = 2
+    torch.save(payload, tmp_path / "old.pt")
+    other = DCDEnergyEstimator.load(tmp_path / "old.pt")
+    assert other.energy_net_.net.input_gain == 1.0
+    assert np.array_equal(est.energy(blobs), other.energy(blobs))
+
+
 # ---------------------------------------------------------------- found by tests/test_fuzz.py
 def test_fit_refuses_data_whose_standardisation_overflows():
     X = np.array([[1e300, 0.0], [-1e300, 1.0], [0.0, 2.0]])

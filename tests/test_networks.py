@@ -14,6 +14,31 @@ def test_mlp_energy_shapes(activation):
     assert [(m.in_features, m.out_features) for m in linears] == [(3, 8), (8, 4), (4, 1)]
 
 
+@pytest.mark.parametrize("conditional", [False, True])
+def test_mlp_first_layer_sees_the_input_times_its_gain(conditional):
+    torch.manual_seed(0)
+    gained = MLPEnergy(3, (8,), noise_conditional=conditional, input_gain=3.0)
+    plain = MLPEnergy(3, (8,), noise_conditional=conditional, input_gain=1.0)
+    plain.load_state_dict({**gained.state_dict(), "input_gain": torch.tensor(1.0)})
+    x, sigma = torch.randn(5, 3), torch.full((5, 1), 0.5)
+    args = (sigma,) if conditional else ()
+    torch.testing.assert_close(gained(x, *args), plain(3.0 * x, *args))
+    assert MLPEnergy(2).input_gain == 3.0 and MLPEnergy(64).input_gain == 1.0  # the default
+
+
+def test_an_mlp_pickled_before_the_input_gain_unpickles_with_a_gain_of_one():
+    torch.manual_seed(0)
+    net = MLPEnergy(2, (8,))
+    state = net.__getstate__() if hasattr(net, "__getstate__") else dict(net.__dict__)
+    state = {**state, "_buffers": {k: v for k, v in state["_buffers"].items()
+                                   if k != "input_gain"}}
+    old = MLPEnergy.__new__(MLPEnergy)
+    old.__setstate__(state)
+    x = torch.randn(4, 2)
+    assert old.input_gain == 1.0
+    torch.testing.assert_close(old(x), net(x / 3.0))
+
+
 def test_envelope_adds_a_quadratic():
     net = EnvelopedEnergy(torch.nn.Linear(2, 1), envelope_std=2.0)
     x = torch.randn(6, 2)
