@@ -67,8 +67,7 @@ def time_bare_loop(X, steps):
 
     The same model and loss as ``DCDEnergyEstimator()``'s step: the MLP (with its default
     input gain) sees its input clipped to the data's box widened by 1 (``clip_margin``)
-    under the envelope
-    ``‖x‖² / 18``, the default number of importance proposals (a third each from
+    under the envelope ``‖x‖² / 18``, the default number of importance proposals (a third each from
     the kernel, the Laplace fit and the batch's rows, :func:`skdcd.samplers.laplace_proposals`),
     of which the default number are resampled with their weights and back-propagated
     at the default noise levels (``σ = 0.1``, a quarter of the batch in ``[0.2, 1]``), the

@@ -29,9 +29,8 @@ def test_mlp_first_layer_sees_the_input_times_its_gain(conditional):
 def test_an_mlp_pickled_before_the_input_gain_unpickles_with_a_gain_of_one():
     torch.manual_seed(0)
     net = MLPEnergy(2, (8,))
-    state = net.__getstate__() if hasattr(net, "__getstate__") else dict(net.__dict__)
-    state = {**state, "_buffers": {k: v for k, v in state["_buffers"].items()
-                                   if k != "input_gain"}}
+    state = {**net.__dict__, "_buffers": {k: v for k, v in net._buffers.items()
+                                          if k != "input_gain"}}
     old = MLPEnergy.__new__(MLPEnergy)
     old.__setstate__(state)
     x = torch.randn(4, 2)
