@@ -41,6 +41,30 @@ def _commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def same_package_code(*commits: str | None, repo: Path = HERE) -> bool:
+    """Whether the commits hold the same ``skdcd/`` code (``git diff`` over the package).
+
+    Results of different commits stay comparable when only tests, docs or the benchmarks
+    changed between them. Unknown or dirty commits, or no git, count as different.
+    """
+    import subprocess
+
+    if any(not c or c == "unknown" or c.endswith("+dirty") for c in commits):
+        return False
+    first, *rest = commits
+    for other in rest:
+        if other == first:
+            continue
+        try:
+            diff = subprocess.run(["git", "diff", "--quiet", first, other, "--", "skdcd"],
+                                  cwd=repo, capture_output=True)
+        except OSError:
+            return False
+        if diff.returncode != 0:  # 1: the package differs; >1: a commit git does not know
+            return False
+    return True
+
+
 def _one_thread_call(fn: Callable, kwargs: dict):
     # Each worker owns one core: two torch processes with two threads each oversubscribe a
     # two-core machine and slow down by an order of magnitude.

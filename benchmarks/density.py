@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import fmt, md_table, parallel_map, spread
+from benchmarks.common import fmt, md_table, parallel_map, same_package_code, spread
 from skdcd import CDEnergyEstimator, DCDEnergyEstimator
 from skdcd.datasets import TOY_NAMES, load_toy
 
@@ -237,9 +237,11 @@ def report(result: dict, fig_dir: Path) -> str:
         runs = result.get("runs", {})
         commits = {e: runs.get(e, {}).get("commit") for e in ("variants", "default")}
         if commits["variants"] != commits["default"]:
-            out.append(f"**Mixed code versions:** the variants ran at commit {commits['variants']}"
-                       f", the `{HEADLINE[0]}` and `{HEADLINE[1]}` columns (from the defaults "
-                       f"experiment) at {commits['default']}.")
+            same = same_package_code(commits["variants"], commits["default"])
+            out.append(f"**{'Same package code' if same else 'Mixed code versions'}:** the "
+                       f"variants ran at commit {commits['variants']}, the `{HEADLINE[0]}` and "
+                       f"`{HEADLINE[1]}` columns (from the defaults experiment) at "
+                       f"{commits['default']}" + (", with the same `skdcd/`." if same else "."))
         out += ["", md_table(["toy", *present], _gap_table(merged, toys, present, "variants")),
                 ""]
     errors = [r for r in rows if r.get("error")]

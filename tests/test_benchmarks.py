@@ -1,11 +1,13 @@
 """The benchmark suite's bookkeeping: summaries, merging of runs and the target verdicts."""
 
 import math
+import shutil
+import subprocess
 
 import pytest
 
 from benchmarks.__main__ import _merge_experiments
-from benchmarks.common import spread, write_json
+from benchmarks.common import same_package_code, spread, write_json
 from benchmarks.digits import generation_excess, merge_models
 from benchmarks.report import targets, write_report
 
@@ -14,6 +16,31 @@ def test_spread_uses_sample_std():
     s = spread([1.0, 2.0, 3.0])
     assert (s["mean"], s["std"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 1.0, 3.0, 3)
     assert spread([5.0])["std"] == 0.0
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_same_package_code_ignores_changes_outside_the_package(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    def commit(path, text):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text(text)
+        git("add", path)
+        git("commit", "-qm", path)
+        return git("rev-parse", "--short", "HEAD").strip()
+
+    git("init", "-q")
+    first = commit("skdcd/a.py", "x = 1\n")
+    docs = commit("docs/b.rst", "words\n")
+    code = commit("skdcd/a.py", "x = 2\n")
+    assert same_package_code(first, docs, repo=tmp_path)
+    assert same_package_code(first, first, repo=tmp_path)
+    assert not same_package_code(first, docs, code, repo=tmp_path)
+    assert not same_package_code(docs + "+dirty", docs, repo=tmp_path)
+    assert not same_package_code(first, "0123456", repo=tmp_path)  # unknown to git
+    assert not same_package_code(first, None, repo=tmp_path)
 
 
 def test_merge_replaces_only_the_rerun_experiments():
