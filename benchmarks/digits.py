@@ -69,10 +69,14 @@ GMM_REG_COVAR = 1e-3
 
 def _settings(quick: bool) -> dict:
     if quick:
+        # the samplers' and AIS's budgets too: at their defaults they took most of a minute
+        # per model, all of the quick run's time
         return dict(max_iter=2, n_denoise=100, n_samples=100, gmm_components=[1, 2, 4],
                     kde_bandwidths=[0.05, 0.1, 0.2], pca_components=[8, 16, 32],
-                    kpca_components=[32, 128], kpca_gammas=[0.01, 0.03], kpca_alphas=[0.1])
-    return dict(max_iter="auto", n_denoise=300, n_samples=300,
+                    kpca_components=[32, 128], kpca_gammas=[0.01, 0.03], kpca_alphas=[0.1],
+                    ebm_params=dict(sample_steps=16, recovery_steps=2, ais_n_particles=64,
+                                    ais_n_steps=16))
+    return dict(max_iter="auto", n_denoise=300, n_samples=300, ebm_params={},
                 gmm_components=list(range(1, 21)),
                 kde_bandwidths=[round(float(b), 4) for b in np.geomspace(0.02, 0.5, 15)],
                 pca_components=list(range(1, 65)),
@@ -183,10 +187,11 @@ def tune_baselines(X_train: np.ndarray, cfg: dict, n_jobs: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- jobs
-def _ebm_job(*, name, seed, max_iter, X_train, X_test, n_denoise, n_samples, bandwidth,
-             keep_samples) -> dict:
+def _ebm_job(*, name, seed, max_iter, ebm_params, X_train, X_test, n_denoise, n_samples,
+             bandwidth, keep_samples) -> dict:
     cls, params = MODELS[name]
     est = cls(random_state=seed, max_iter=max_iter, **params)
+    est.set_params(**{k: v for k, v in ebm_params.items() if k in est.get_params()})
     start = time.perf_counter()
     est.fit(X_train)
     row = dict(method=name, seed=seed, fit_seconds=time.perf_counter() - start, denoise={})
@@ -294,8 +299,8 @@ def run(*, quick: bool, seeds: list[int], n_jobs: int, models: list[str] | None 
                   n_samples=cfg["n_samples"], bandwidth=bandwidth)
     # the slow EBM jobs first, so the cheap baseline jobs fill the gaps at the end
     jobs = [dict(kind="ebm", name=name, seed=s, max_iter=cfg["max_iter"],
-                 keep_samples=s == seeds[0], **common) for name in models or MODELS
-            for s in seeds]
+                 ebm_params=cfg["ebm_params"], keep_samples=s == seeds[0], **common)
+            for name in models or MODELS for s in seeds]
     if models is None:
         jobs += [dict(kind="baselines", seed=s, chosen=chosen, cfg=cfg,
                       keep_samples=s == seeds[0], **common) for s in seeds]

@@ -130,7 +130,7 @@ def run_images(quick: bool) -> list[dict]:
     """Per-step times of the convolutional energy at batch 128, on each available device."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
-    for shape in IMAGE_SHAPES:
+    for shape in IMAGE_SHAPES[:1] if quick else IMAGE_SHAPES:
         X = np.random.RandomState(0).rand(1024, math.prod(shape))
         for device in devices:
             for amp in (False, True) if device == "cuda" else (False,):
@@ -147,7 +147,7 @@ def run_images(quick: bool) -> list[dict]:
 
 def run(*, quick: bool, seeds: list[int], n_jobs: int) -> dict:
     """Per-step times, medians over interleaved repeats, with all cores for one fit at a time."""
-    steps, repeats, rounds = (30, 1, 1) if quick else (300, 5, 7)
+    steps, repeats, rounds = (10, 1, 1) if quick else (300, 5, 7)
     rng = np.random.RandomState(seeds[0])
     rows = []
     for d in (2, 64):

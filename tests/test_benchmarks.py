@@ -145,3 +145,27 @@ def test_report_survives_a_results_file_of_an_older_schema(tmp_path):
     text = write_report(tmp_path).read_text()
     assert "older version of this section" in text
     assert "--sections reliability" in text and "**unknown**" in text
+
+
+@pytest.mark.slow
+def test_quick_suite_runs_every_section_and_writes_the_report(tmp_path):
+    # the CI smoke test of `python -m benchmarks run --quick`: every section runs end to end
+    # on tiny budgets (torchebm's is skipped without it) and the report renders them all
+    from benchmarks.__main__ import main
+    from benchmarks.common import read_json
+    from benchmarks.report import SECTIONS
+
+    main(["run", "--quick", "--out", str(tmp_path)])
+    for name in SECTIONS:
+        result = read_json(tmp_path / "results" / f"{name}.json")
+        assert result is not None, name
+        assert result["meta"]["quick"] is True
+        assert "skipped" in result or result["rows"], name
+    density = read_json(tmp_path / "results" / "density.json")
+    assert not [r for r in density["rows"] if r.get("error")]
+    assert {r["experiment"] for r in density["rows"]} == {"default", "variants", "curve",
+                                                          "robustness"}
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "older version of this section" not in text
+    assert "## Targets (issue 3)" in text and "## Real images: 8×8 digits" in text
+    assert (tmp_path / "figures" / "digits_samples.png").exists()
