@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import md_table, read_json
+from benchmarks.common import md_table, read_json, same_package_code
 
 SECTIONS = ("density", "speed", "digits", "baselines", "peer", "reliability")
 
@@ -121,11 +121,15 @@ def write_report(out: Path) -> Path:
         lines += [f"Machine: {m['cpu_count']} CPU cores ({m['machine']}), Python {m['python']}, "
                   f"torch {m['torch']}, scikit-learn {m['sklearn']}, skdcd {m['skdcd']}.", ""]
         lines += ["| section | run at | commit | seconds | quick |", "|---|---|---|---|---|"]
+        commits = []
         for k, v in results.items():
             for part, m in (v.get("runs") or {"": v["meta"]}).items():
                 lines.append(f"| {k} {part} | {m['date']} | {m.get('commit', '?')} | "
                              f"{m['section_seconds']:.0f} | {m['quick']} |")
-        lines.append("")
+                commits.append(m.get("commit"))
+        lines += ["", "Every part ran with the same `skdcd/` code (the commits differ only outside "
+                  "the package)." if same_package_code(*commits) else
+                  "The parts ran with different `skdcd/` code (or at unknown commits).", ""]
     missing = [s for s in SECTIONS if s not in results]
     if missing:
         lines += ["Not run yet: " + ", ".join(missing) + ".", ""]
