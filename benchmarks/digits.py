@@ -69,8 +69,8 @@ GMM_REG_COVAR = 1e-3
 
 def _settings(quick: bool) -> dict:
     if quick:
-        # the samplers' and AIS's budgets too: at their defaults they took most of a minute
-        # per model, all of the quick run's time
+        # small sampler and AIS budgets too: at their defaults, sampling and scoring took
+        # about a minute per model, nearly all of the quick section's 155 s
         return dict(max_iter=2, n_denoise=100, n_samples=100, gmm_components=[1, 2, 4],
                     kde_bandwidths=[0.05, 0.1, 0.2], pca_components=[8, 16, 32],
                     kpca_components=[32, 128], kpca_gammas=[0.01, 0.03], kpca_alphas=[0.1],
