@@ -65,6 +65,13 @@ def same_package_code(*commits: str | None, repo: Path = HERE) -> bool:
     return True
 
 
+def versions_note(where: str, *commits: str | None) -> str:
+    """A report line saying at which ``commits`` the parts described by ``where`` ran."""
+    if same_package_code(*commits):
+        return f"**Same package code:** {where}, with the same `skdcd/`."
+    return f"**Mixed code versions:** {where}."
+
+
 def _one_thread_call(fn: Callable, kwargs: dict):
     # Each worker owns one core: two torch processes with two threads each oversubscribe a
     # two-core machine and slow down by an order of magnitude.

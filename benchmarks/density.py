@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import fmt, md_table, parallel_map, same_package_code, spread
+from benchmarks.common import fmt, md_table, parallel_map, spread, versions_note
 from skdcd import CDEnergyEstimator, DCDEnergyEstimator
 from skdcd.datasets import TOY_NAMES, load_toy
 
@@ -244,11 +244,10 @@ def report(result: dict, fig_dir: Path) -> str:
         runs = result.get("runs", {})
         commits = {e: runs.get(e, {}).get("commit") for e in ("variants", "default")}
         if commits["variants"] != commits["default"]:
-            same = same_package_code(commits["variants"], commits["default"])
-            out.append(f"**{'Same package code' if same else 'Mixed code versions'}:** the "
-                       f"variants ran at commit {commits['variants']}, the `{HEADLINE[0]}` and "
-                       f"`{HEADLINE[1]}` columns (from the defaults experiment) at "
-                       f"{commits['default']}" + (", with the same `skdcd/`." if same else "."))
+            out.append(versions_note(
+                f"the variants ran at commit {commits['variants']}, the `{HEADLINE[0]}` and "
+                f"`{HEADLINE[1]}` columns (from the defaults experiment) at {commits['default']}",
+                commits["variants"], commits["default"]))
         out += ["", md_table(["toy", *present], _gap_table(merged, toys, present, "variants")),
                 ""]
     errors = [r for r in rows if r.get("error")]

@@ -47,7 +47,7 @@ import time
 import numpy as np
 from scipy.spatial.distance import cdist, pdist
 
-from benchmarks.common import fmt, md_table, parallel_map, same_package_code, spread
+from benchmarks.common import fmt, md_table, parallel_map, spread, versions_note
 from skdcd import CDEnergyEstimator, DCDEnergyEstimator
 
 SECTION = "digits"
@@ -508,11 +508,10 @@ def report(result: dict, fig_dir: pathlib.Path) -> str:
              f"max_iter={s['max_iter']!r}; mean ± std over seeds; denoising on "
              f"{s['n_denoise']} test images.", ""]
     if len(result.get("runs", {})) > 1:
-        same = same_package_code(*(m.get("commit") for m in result["runs"].values()))
-        lines += [f"**{'Same package code' if same else 'Mixed code versions'}:** " + "; ".join(
-            f"{part or 'the rest'} at commit {m.get('commit', '?')}"
-            for part, m in result["runs"].items()) + (", with the same `skdcd/`." if same
-                                                      else "."), ""]
+        runs = result["runs"]
+        lines += [versions_note("; ".join(f"{part or 'the rest'} at commit {m.get('commit', '?')}"
+                                          for part, m in runs.items()),
+                                *(m.get("commit") for m in runs.values())), ""]
     lines += _denoise_tables(result)
     lines += _generation_tables(result)
     lines += _timing_table(result)
