@@ -56,7 +56,8 @@ def same_package_code(*commits: str | None, repo: Path = HERE) -> bool:
         if other == first:
             continue
         try:
-            diff = subprocess.run(["git", "diff", "--quiet", first, other, "--", "skdcd"],
+            # :(top) anchors the path at the repository's root, not at ``repo`` (benchmarks/)
+            diff = subprocess.run(["git", "diff", "--quiet", first, other, "--", ":(top)skdcd"],
                                   cwd=repo, capture_output=True)
         except OSError:
             return False

@@ -41,6 +41,11 @@ def test_same_package_code_ignores_changes_outside_the_package(tmp_path):
     assert not same_package_code(docs + "+dirty", docs, repo=tmp_path)
     assert not same_package_code(first, "0123456", repo=tmp_path)  # unknown to git
     assert not same_package_code(first, None, repo=tmp_path)
+    # from a subfolder, as the suite calls it from benchmarks/ (regression: the path was
+    # taken relative to it, so no commits ever differed)
+    (tmp_path / "benchmarks").mkdir()
+    assert not same_package_code(first, code, repo=tmp_path / "benchmarks")
+    assert same_package_code(first, docs, repo=tmp_path / "benchmarks")
 
 
 def test_merge_replaces_only_the_rerun_experiments():
