@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     run_p.add_argument("--jobs", type=int, default=2, help="parallel one-thread fits")
     run_p.add_argument("--experiments", nargs="+", default=None,
                        help="density only: a subset of default/variants/curve/robustness; "
-                       "their rows replace those of the same experiments in density.json")
+                       "their rows replace those of the same experiments and seeds in "
+                       "density.json")
     run_p.add_argument("--models", nargs="+", default=None,
                        help="digits only: rerun these EBMs (e.g. dcd-tc) and no baselines; "
                        "their rows replace those of the same models in digits.json")
@@ -67,14 +68,35 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _merge_experiments(old: dict, new: dict) -> dict:
-    """Replace the rows of the newly run density experiments, keep the others."""
-    ran = set(new["settings"]["experiments"])
-    kept = [r for r in old["rows"] if r["experiment"] not in ran]
+    """Replace the rows of the (experiment, seed) pairs just run, keep the others.
+
+    ``runs`` maps a label such as ``"variants seeds 1 2"`` to the metadata of the run that
+    wrote those rows (with its ``experiment`` and ``seeds``), so that a report can say at
+    which commits each part of an experiment ran.
+    """
+    seeds = new["settings"]["seeds"]
+    ran = {(e, s) for e in new["settings"]["experiments"] for s in seeds}
+    kept = [r for r in old["rows"] if (r["experiment"], r.get("seed")) not in ran]
     earlier = old.get("runs") or {e: old["meta"] for e in old["settings"]["experiments"]}
-    runs = {**earlier, **{e: new["meta"] for e in ran}}
-    experiments = sorted(ran | {r["experiment"] for r in kept})
-    settings = {**new["settings"], "experiments": experiments}
+    runs = {}
+    for label, m in earlier.items():
+        experiment = m.get("experiment", label)  # results written before per-seed merging
+        had = m.get("seeds") or sorted({r.get("seed") for r in old["rows"]
+                                        if r["experiment"] == experiment})
+        left = [s for s in had if (experiment, s) not in ran]
+        if left:
+            runs[_run_label(experiment, left)] = {**m, "experiment": experiment, "seeds": left}
+    for e in new["settings"]["experiments"]:
+        runs[_run_label(e, seeds)] = {**new["meta"], "experiment": e, "seeds": list(seeds)}
+    experiments = sorted({e for e, _ in ran} | {r["experiment"] for r in kept})
+    all_seeds = sorted({r.get("seed") for r in kept + new["rows"]} | set(seeds),
+                       key=lambda s: (s is None, s))
+    settings = {**new["settings"], "experiments": experiments, "seeds": all_seeds}
     return {**new, "settings": settings, "rows": kept + new["rows"], "runs": runs}
+
+
+def _run_label(experiment: str, seeds) -> str:
+    return f"{experiment} seeds {' '.join(str(s) for s in seeds)}"
 
 
 if __name__ == "__main__":

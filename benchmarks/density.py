@@ -7,8 +7,7 @@ toy in :mod:`skdcd.datasets`; the metric is the test NLL from ``score`` minus th
 the exact density (the "NLL gap", nats). Three experiments share it:
 
 * ``default``: the two headline methods (DCD, CD-10) at their defaults, over all seeds.
-* ``variants``: every other negative sampler, diffusion and CD flavour at its defaults,
-  first seed.
+* ``variants``: every other negative sampler, diffusion and CD flavour at its defaults.
 * ``curve``: DCD and CD-10 with shorter budgets (cosine schedules that end earlier), giving
   NLL gap against fit seconds: the matched-wall-clock comparison.
 * ``robustness``: one grid of learning rate × energy penalty × steps; the fraction of settings
@@ -105,21 +104,21 @@ def jobs(quick: bool, seeds: list[int], experiments=EXPERIMENTS) -> list[dict]:
             out.append(dict(toy=toy, method=method, seed=seed, experiment="default",
                             **({"steps": 50} if quick else {}), **small))
     if "variants" in experiments:  # the headline methods' rows come from "default"
-        for toy, method in itertools.product(toys, METHODS):
+        for toy, method, seed in itertools.product(toys, METHODS, seeds):
             if method not in HEADLINE:
-                out.append(dict(toy=toy, method=method, seed=seeds[0], experiment="variants",
+                out.append(dict(toy=toy, method=method, seed=seed, experiment="variants",
                                 **({"steps": 50} if quick else {}), **small))
     if "curve" in experiments:
-        for toy, method, steps in itertools.product(toys, HEADLINE, CURVE_STEPS):
-            out.append(dict(toy=toy, method=method, seed=seeds[0], experiment="curve",
+        for toy, method, steps, seed in itertools.product(toys, HEADLINE, CURVE_STEPS, seeds):
+            out.append(dict(toy=toy, method=method, seed=seed, experiment="curve",
                             steps=int(scale * steps), **small))
     if "robustness" in experiments:
         grid = ROBUST_GRID if not quick else dict(learning_rate=(1e-3, 3e-3),
                                                   energy_reg=(0.01,), steps=(50,))
-        for toy, method in itertools.product(ROBUST_TOYS[:1] if quick else ROBUST_TOYS,
-                                             HEADLINE):
+        for toy, method, seed in itertools.product(ROBUST_TOYS[:1] if quick else ROBUST_TOYS,
+                                                   HEADLINE, seeds):
             for lr, reg, steps in itertools.product(*grid.values()):
-                out.append(dict(toy=toy, method=method, seed=seeds[0],
+                out.append(dict(toy=toy, method=method, seed=seed,
                                 experiment="robustness", steps=steps,
                                 params={"learning_rate": lr, "energy_reg": reg}, **small))
     return out

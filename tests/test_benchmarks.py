@@ -49,16 +49,47 @@ def test_same_package_code_ignores_changes_outside_the_package(tmp_path):
 
 
 def test_merge_replaces_only_the_rerun_experiments():
-    old = {"rows": [{"experiment": "variants", "v": 1}, {"experiment": "curve", "v": 1}],
-           "settings": {"experiments": ["variants", "curve"]}, "meta": {"date": "a"}}
-    new = {"rows": [{"experiment": "curve", "v": 2}],
-           "settings": {"experiments": ["curve"]}, "meta": {"date": "b"}}
+    old = {"rows": [{"experiment": "variants", "seed": 0, "v": 1},
+                    {"experiment": "curve", "seed": 0, "v": 1}],
+           "settings": {"experiments": ["variants", "curve"], "seeds": [0]},
+           "meta": {"date": "a"}}
+    new = {"rows": [{"experiment": "curve", "seed": 0, "v": 2}],
+           "settings": {"experiments": ["curve"], "seeds": [0]}, "meta": {"date": "b"}}
     merged = _merge_experiments(old, new)
     assert sorted((r["experiment"], r["v"]) for r in merged["rows"]) == [
         ("curve", 2), ("variants", 1)]
     assert merged["settings"]["experiments"] == ["curve", "variants"]
-    assert merged["runs"]["curve"]["date"] == "b"
-    assert merged["runs"]["variants"]["date"] == "a"  # the earlier run keeps its metadata
+    assert merged["runs"]["curve seeds 0"]["date"] == "b"
+    assert merged["runs"]["variants seeds 0"]["date"] == "a"  # the earlier run keeps its metadata
+
+
+def test_merge_adds_new_seeds_and_keeps_the_old_ones():
+    old = {"rows": [{"experiment": "variants", "seed": 0, "v": 1},
+                    {"experiment": "default", "seed": 0, "v": 1},
+                    {"experiment": "default", "seed": 1, "v": 1}],
+           "settings": {"experiments": ["variants", "default"], "seeds": [0, 1]},
+           "runs": {"variants": {"date": "a", "commit": "x"},  # written before per-seed runs
+                    "default": {"date": "a", "commit": "x"}},
+           "meta": {"date": "a"}}
+    new = {"rows": [{"experiment": "variants", "seed": s, "v": 2} for s in (1, 2)],
+           "settings": {"experiments": ["variants"], "seeds": [1, 2]},
+           "meta": {"date": "b", "commit": "y"}}
+    merged = _merge_experiments(old, new)
+    assert sorted((r["experiment"], r["seed"], r["v"]) for r in merged["rows"]) == [
+        ("default", 0, 1), ("default", 1, 1), ("variants", 0, 1), ("variants", 1, 2),
+        ("variants", 2, 2)]
+    assert merged["settings"]["seeds"] == [0, 1, 2]
+    runs = merged["runs"]
+    assert set(runs) == {"variants seeds 0", "variants seeds 1 2", "default seeds 0 1"}
+    assert runs["variants seeds 0"]["commit"] == "x"
+    assert runs["variants seeds 1 2"] == {"date": "b", "commit": "y", "experiment": "variants",
+                                          "seeds": [1, 2]}
+    # rerunning seed 0 retires the old part entirely
+    again = _merge_experiments(merged, {**new, "rows": [{"experiment": "variants", "seed": 0}],
+                                        "settings": {"experiments": ["variants"], "seeds": [0]}})
+    assert set(again["runs"]) == {"variants seeds 0", "variants seeds 1 2", "default seeds 0 1"}
+    assert again["runs"]["variants seeds 0"]["commit"] == "y"
+    assert len([r for r in again["rows"] if r["experiment"] == "variants"]) == 3
 
 
 def test_digits_merge_replaces_only_the_rerun_models():
