@@ -42,12 +42,18 @@ def _commit() -> str:
 
 
 def same_package_code(*commits: str | None, repo: Path = HERE) -> bool:
-    """Whether the commits hold the same ``skdcd/`` code (``git diff`` over the package).
+    """Whether the commits hold the same ``skdcd/`` code, docstrings and comments aside.
 
-    Results of different commits stay comparable when only tests, docs or the benchmarks
-    changed between them. Unknown or dirty commits, or no git, count as different.
+    Results of different commits stay comparable when only tests, docs, the benchmarks or
+    the package's docstrings and comments changed between them: a changed Python file
+    counts as the same when its syntax tree without docstrings (and ``__doc__ = ...``)
+    is; any other changed file counts as different. Unknown or dirty commits, or no git,
+    count as different.
     """
     import subprocess
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
 
     if any(not c or c == "unknown" or c.endswith("+dirty") for c in commits):
         return False
@@ -57,13 +63,44 @@ def same_package_code(*commits: str | None, repo: Path = HERE) -> bool:
             continue
         try:
             # :(top) anchors the path at the repository's root, not at ``repo`` (benchmarks/)
-            diff = subprocess.run(["git", "diff", "--quiet", first, other, "--", ":(top)skdcd"],
-                                  cwd=repo, capture_output=True)
+            diff = git("diff", "--name-only", first, other, "--", ":(top)skdcd")
+            if diff.returncode != 0:  # a commit git does not know
+                return False
+            for path in diff.stdout.split():
+                texts = [git("show", f"{c}:{path}") for c in (first, other)]
+                if (not path.endswith(".py") or any(t.returncode != 0 for t in texts)
+                        or _code_of(texts[0].stdout) != _code_of(texts[1].stdout)):
+                    return False
         except OSError:
             return False
-        if diff.returncode != 0:  # 1: the package differs; >1: a commit git does not know
-            return False
     return True
+
+
+def _code_of(source: str) -> str | None:
+    """The syntax tree of Python ``source`` without its docstrings (None if it does not parse)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef)) or not body:
+            continue
+        node.body = [stmt for i, stmt in enumerate(body) if not _is_doc(stmt, i)] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def _is_doc(stmt, index: int) -> bool:
+    import ast
+
+    if isinstance(stmt, ast.Assign):  # ``__doc__ = f"..."``: a docstring built from parts
+        return [getattr(t, "id", None) for t in stmt.targets] == ["__doc__"]
+    return (index == 0 and isinstance(stmt, ast.Expr)
+            and isinstance(stmt.value, (ast.Constant, ast.JoinedStr))
+            and isinstance(getattr(stmt.value, "value", ""), str))
 
 
 def versions_note(where: str, *commits: str | None) -> str:

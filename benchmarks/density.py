@@ -51,7 +51,7 @@ METHODS = {
 HEADLINE = ("dcd", "cd-10")
 CLASSES = {"DCD": DCDEnergyEstimator, "CD": CDEnergyEstimator}
 
-CURVE_STEPS = (250, 500, 1000)  # with the default budget: four points per method
+CURVE_STEPS = (125, 250, 500, 1000)  # with the default budget: five points per method
 ROBUST_GRID = {"learning_rate": (3e-3, 1e-2, 3e-2), "energy_reg": (0.001, 0.01, 0.1),
                "steps": (500, 2000)}
 ROBUST_TOYS = ("eight_gaussians", "two_moons")

@@ -48,6 +48,34 @@ def test_same_package_code_ignores_changes_outside_the_package(tmp_path):
     assert same_package_code(first, docs, repo=tmp_path / "benchmarks")
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_same_package_code_ignores_docstrings_and_comments_only(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    def commit(path, text):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text(text)
+        git("add", path)
+        git("commit", "-qm", path)
+        return git("rev-parse", "--short", "HEAD").strip()
+
+    git("init", "-q")
+    source = ('"""Module."""\n\nclass A:\n    __doc__ = f"""{1} is one."""\n\n'
+              '    def f(self):\n        """Doc."""\n        return 1  # why\n')
+    first = commit("skdcd/a.py", source)
+    reworded = commit("skdcd/a.py", source.replace("Module", "The module")
+                      .replace("is one", "is 1").replace("Doc.", "More.")
+                      .replace("# why", "# because"))
+    no_doc = commit("skdcd/a.py", source.replace('        """Doc."""\n', ""))
+    code = commit("skdcd/a.py", source.replace("return 1", "return 2"))
+    data = commit("skdcd/b.txt", "table\n")
+    assert not same_package_code(first, code, repo=tmp_path)
+    assert not same_package_code(code, data, repo=tmp_path)  # not Python: byte for byte
+    assert same_package_code(first, reworded, no_doc, repo=tmp_path)
+
+
 def test_merge_replaces_only_the_rerun_experiments():
     old = {"rows": [{"experiment": "variants", "seed": 0, "v": 1},
                     {"experiment": "curve", "seed": 0, "v": 1}],
