@@ -185,9 +185,13 @@ def _curve_figure(rows, toys, fig_dir: Path) -> str:
     fig, axes = plt.subplots(1, len(toys), figsize=(3.2 * len(toys), 3), squeeze=False)
     for ax, toy in zip(axes[0], toys, strict=True):
         for m, colour in zip(HEADLINE, ("C0", "C3"), strict=True):
-            pts = sorted(_curve_points(rows, toy, m), key=lambda r: r["fit_seconds"])
-            ax.plot([r["fit_seconds"] for r in pts], [max(r["gap"], 1e-3) for r in pts],
-                    "o-", color=colour, label=m)
+            for seed in _seeds(rows, "curve"):  # each seed's budgets, faint
+                pts = sorted(_curve_points(rows, toy, m, seed), key=lambda r: r["fit_seconds"])
+                ax.plot([r["fit_seconds"] for r in pts], [max(r["gap"], 1e-3) for r in pts],
+                        ".-", color=colour, alpha=0.3, lw=0.8)
+            med = _curve_medians(rows, toy, m)
+            ax.plot([p[0] for p in med], [max(p[1], 1e-3) for p in med], "o-", color=colour,
+                    label=f"{m} (median over seeds)")
         ax.axhline(GAP_GOAL, color="grey", ls=":", lw=1)
         ax.set_yscale("log")
         ax.set_title(toy, fontsize=9)
@@ -201,21 +205,86 @@ def _curve_figure(rows, toys, fig_dir: Path) -> str:
     return "figures/density_gap_vs_seconds.png"
 
 
-def _curve_points(rows, toy, method):
-    """The curve budgets plus the default budget of the same seed."""
-    pts = _select(rows, toy=toy, method=method, experiment="curve")
+def _seeds(rows, experiment):
+    return sorted({r["seed"] for r in _select(rows, experiment=experiment)})
+
+
+def _curve_points(rows, toy, method, seed):
+    """One seed's curve budgets plus the default budget of the same seed."""
+    pts = _select(rows, toy=toy, method=method, experiment="curve", seed=seed)
     if pts:
-        pts += _select(rows, toy=toy, method=method, experiment="default", seed=pts[0]["seed"])
+        pts += _select(rows, toy=toy, method=method, experiment="default", seed=seed)
     return pts
 
 
-def _time_to_goal(rows, toy, method):
-    """Seconds of the cheapest budget that reached the goal (curve + default, first seed)."""
-    pts = _curve_points(rows, toy, method)
+def _curve_medians(rows, toy, method):
+    """(median seconds, median gap) of each budget over the seeds, in order of budget."""
+    by_steps = {}
+    for seed in _seeds(rows, "curve"):
+        for r in _curve_points(rows, toy, method, seed):
+            by_steps.setdefault(r["steps"], []).append(r)
+    return [(float(np.median([r["fit_seconds"] for r in pts])),
+             float(np.median([r["gap"] for r in pts])))
+            for _, pts in sorted(by_steps.items())]
+
+
+def _seed_time_to_goal(rows, toy, method, seed):
+    """Seconds of the cheapest budget of one seed that reached the goal (∞ if none did)."""
+    pts = _curve_points(rows, toy, method, seed)
     if not pts:
         return math.nan
     ok = [r["fit_seconds"] for r in pts if r["gap"] <= GAP_GOAL]
     return min(ok) if ok else math.inf
+
+
+def _time_to_goal(rows, toy, method):
+    """Median over seeds of :func:`_seed_time_to_goal` (∞ when most seeds never got there)."""
+    times = [_seed_time_to_goal(rows, toy, method, s) for s in _seeds(rows, "curve")]
+    times = [t for t in times if not math.isnan(t)]
+    return float(np.median(times)) if times else math.nan
+
+
+def _run_commits(result, *experiments):
+    """``label at commit`` of each recorded run that wrote rows of ``experiments``."""
+    runs = result.get("runs") or {e: result["meta"] for e in result["settings"]["experiments"]}
+    return {label: m.get("commit") for label, m in runs.items()
+            if m.get("experiment", label) in experiments}
+
+
+def _gap_at(rows, toy, method, seconds, seed):
+    """Best gap among one seed's fits of ``method`` that finished within ``seconds`` (5% slack)."""
+    ok = [r["gap"] for r in _curve_points(rows, toy, method, seed)
+          if r["fit_seconds"] <= 1.05 * seconds and math.isfinite(r["gap"])]
+    return min(ok) if ok else math.nan
+
+
+def equal_clock_ratios(rows) -> dict:
+    """Per toy: DCD's gap over CD-10's, each at DCD's longest fit's seconds, means over seeds.
+
+    The budget of each seed is DCD's default fit of that seed (its longest); the gaps are
+    averaged over the seeds before the ratio, so that one seed's tiny CD gap cannot dominate.
+    """
+    ratios = {}
+    for toy in dict.fromkeys(r["toy"] for r in _select(rows, experiment="curve")):
+        gaps = {m: [] for m in HEADLINE}
+        for seed in _seeds(rows, "curve"):
+            budget = [r["fit_seconds"] for r in _curve_points(rows, toy, HEADLINE[0], seed)]
+            if budget:
+                for m in HEADLINE:
+                    gaps[m].append(_gap_at(rows, toy, m, max(budget), seed))
+        if gaps[HEADLINE[1]] and not all(math.isnan(g) for g in gaps[HEADLINE[1]]):
+            g_dcd, g_cd = (float(np.nanmean(gaps[m])) for m in HEADLINE)
+            ratios[toy] = g_dcd / g_cd if g_cd > 0 else math.nan
+    return ratios
+
+
+def _robust_fractions(rows, method):
+    """Fraction of the grid reaching the goal: over all (setting, seed) fits, and per seed."""
+    mine = _select(rows, experiment="robustness", method=method)
+    per_seed = [float(np.mean([r["gap"] <= GAP_GOAL for r in _select(mine, seed=s)]))
+                for s in _seeds(mine, "robustness")]
+    overall = float(np.mean([r["gap"] <= GAP_GOAL for r in mine])) if mine else math.nan
+    return overall, per_seed
 
 
 def report(result: dict, fig_dir: Path) -> str:
@@ -233,20 +302,19 @@ def report(result: dict, fig_dir: Path) -> str:
                 md_table(["toy", *HEADLINE], _gap_table(rows, toys, HEADLINE, "default")), ""]
     variants = _select(rows, experiment="variants")
     if variants:
-        seed = variants[0]["seed"]
+        seeds = _seeds(rows, "variants")
         merged = variants + [{**r, "experiment": "variants"}
-                             for r in _select(rows, experiment="default", seed=seed)]
+                             for r in _select(rows, experiment="default") if r["seed"] in seeds]
         present = [m for m in METHODS if _select(merged, method=m)]
         out += ["### Every method", "",
                 "Each negative sampler and diffusion of DCD, CD-1, CD-10 and persistent CD-10, "
-                f"all other parameters at their defaults (the same step budget), seed {seed}."]
-        runs = result.get("runs", {})
-        commits = {e: runs.get(e, {}).get("commit") for e in ("variants", "default")}
-        if commits["variants"] != commits["default"]:
-            out.append(versions_note(
-                f"the variants ran at commit {commits['variants']}, the `{HEADLINE[0]}` and "
-                f"`{HEADLINE[1]}` columns (from the defaults experiment) at {commits['default']}",
-                commits["variants"], commits["default"]))
+                f"all other parameters at their defaults (the same step budget); mean ± std "
+                f"over seeds {seeds} (the `{HEADLINE[0]}` and `{HEADLINE[1]}` columns are the "
+                "defaults experiment's fits of these seeds)."]
+        parts = _run_commits(result, "variants", "default")
+        if len(set(parts.values())) > 1:
+            out.append(versions_note(", ".join(f"{label} at {c}" for label, c in parts.items()),
+                                     *parts.values()))
         out += ["", md_table(["toy", *present], _gap_table(merged, toys, present, "variants")),
                 ""]
     errors = [r for r in rows if r.get("error")]
@@ -254,39 +322,75 @@ def report(result: dict, fig_dir: Path) -> str:
         out += [f"{len(errors)} fits failed: " + "; ".join(
             f"{r['toy']}/{r['method']}: {r['error'][:80]}" for r in errors[:5]), ""]
     if _select(rows, experiment="curve"):
+        seeds = _seeds(rows, "curve")
         out += ["### Gap against wall-clock", "",
                 f"DCD and CD-10 with step budgets {list(settings['curve_steps'])} and the "
-                "default, first seed. Each point is a separate fit whose cosine schedule ends "
-                "at that budget.", "",
-                f"![gap vs seconds]({_curve_figure(rows, toys, fig_dir)})", ""]
+                f"default, seeds {seeds}. Each point is a separate fit whose cosine schedule "
+                "ends at that budget; faint lines are single seeds, bold ones the medians "
+                "over seeds of each budget's seconds and gap.", ""]
+        parts = _run_commits(result, "curve", "default")
+        if len(set(parts.values())) > 1:
+            out += [versions_note(", ".join(f"{label} at {c}" for label, c in parts.items()),
+                                  *parts.values()), ""]
+        out += [f"![gap vs seconds]({_curve_figure(rows, toys, fig_dir)})", ""]
         table = []
         for toy in toys:
-            t_dcd, t_cd = (_time_to_goal(rows, toy, m) for m in HEADLINE)
-            table.append([toy, f"{t_dcd:.0f}", f"{t_cd:.0f}",
-                          f"{t_dcd / t_cd:.2f}" if math.isfinite(t_dcd / t_cd) else "—"])
-        out += [f"Seconds to reach gap ≤ {GAP_GOAL} (∞: no budget did):", "",
-                md_table(["toy", "DCD s", "CD-10 s", "DCD / CD"], table), ""]
+            cells, medians = [toy], []
+            for m in HEADLINE:
+                each = [_seed_time_to_goal(rows, toy, m, s) for s in seeds]
+                medians.append(_time_to_goal(rows, toy, m))
+                cells.append(f"{medians[-1]:.1f} (" + ", ".join(f"{t:.1f}" for t in each) + ")")
+            ratio = medians[0] / medians[1]
+            cells.append(f"{ratio:.2f}" if all(map(math.isfinite, medians)) else "—")
+            table.append(cells)
+        out += [f"Seconds to reach gap ≤ {GAP_GOAL}: the median over seeds of each seed's "
+                "cheapest budget that reached it (each seed in brackets; inf: no budget did):",
+                "", md_table(["toy", "DCD s", "CD-10 s", "DCD / CD (medians)"], table), ""]
     robust = _select(rows, experiment="robustness")
     if robust:
         table = []
         for m in HEADLINE:
             mine = _select(robust, method=m)
             ok = sum(r["gap"] <= GAP_GOAL for r in mine)
+            overall, per_seed = _robust_fractions(rows, m)
             diverged = sum(not math.isfinite(r["gap"]) for r in mine)
             gaps = [r["gap"] for r in mine if math.isfinite(r["gap"])]
-            table.append([m, f"{ok}/{len(mine)}", f"{ok / max(1, len(mine)):.2f}",
+            table.append([m, f"{ok}/{len(mine)}", f"{overall:.2f}",
+                          ", ".join(f"{f:.2f}" for f in per_seed),
                           f"{sum(g <= 0.5 for g in gaps)}/{len(mine)}",
                           f"{np.median(gaps):.3f}" if gaps else "—",
                           f"{max(gaps):.2f}" if gaps else "—", f"{diverged}"])
-        grid = settings["robust_grid"]
+        grid, seeds = settings["robust_grid"], _seeds(rows, "robustness")
         out += ["### Robustness", "",
                 f"Grid: learning rate {grid['learning_rate']} × energy penalty "
                 f"{grid['energy_reg']} × steps {grid['steps']} on {settings['robust_toys']}, "
-                "first seed.", "",
-                md_table(["method", f"gap ≤ {GAP_GOAL}", "fraction", "gap ≤ 0.5",
-                          "median gap", "worst gap", "non-finite"], table),
-                ""]
+                f"seeds {seeds}; every (setting, seed) is one fit.", ""]
+        parts = _run_commits(result, "robustness")
+        if len(set(parts.values())) > 1:
+            out += [versions_note(", ".join(f"{label} at {c}" for label, c in parts.items()),
+                                  *parts.values()), ""]
+        out += [md_table(["method", f"fits with gap ≤ {GAP_GOAL}", "fraction", "per seed",
+                          "gap ≤ 0.5", "median gap", "worst gap", "non-finite"], table), "",
+                "<details><summary>Each setting: fits with gap ≤ 0.1 out of the seeds, and "
+                "the median gap</summary>", "",
+                md_table(["toy", "learning rate", "energy penalty", "steps", *HEADLINE],
+                         _robust_settings(robust)), "", "</details>", ""]
     return "\n".join(out)
+
+
+def _robust_settings(robust):
+    keys = sorted({(r["toy"], r["params"]["learning_rate"], r["params"]["energy_reg"],
+                    r["steps"]) for r in robust})
+    table = []
+    for toy, lr, reg, steps in keys:
+        cells = [toy, lr, reg, steps]
+        for m in HEADLINE:
+            gaps = [r["gap"] for r in _select(robust, toy=toy, method=m, steps=steps)
+                    if r["params"] == {"learning_rate": lr, "energy_reg": reg}]
+            cells.append(f"{sum(g <= GAP_GOAL for g in gaps)}/{len(gaps)}, "
+                         f"{np.median(gaps):.3f}" if gaps else "—")
+        table.append(cells)
+    return table
 
 
 def headline(result: dict) -> dict:
@@ -294,8 +398,8 @@ def headline(result: dict) -> dict:
     rows = result["rows"]
     toys = list(dict.fromkeys(r["toy"] for r in rows))
     per_toy = {m: _mean_gaps(rows, m, "default") for m in HEADLINE}
-    robust = {m: float(np.mean([r["gap"] <= GAP_GOAL for r in mine])) if mine else math.nan
-              for m in HEADLINE
-              for mine in [_select(rows, experiment="robustness", method=m)]}
+    robust = {m: _robust_fractions(rows, m) for m in HEADLINE}
     ttg = {m: {t: _time_to_goal(rows, t, m) for t in toys} for m in HEADLINE}
-    return dict(per_toy=per_toy, robust=robust, time_to_goal=ttg)
+    return dict(per_toy=per_toy, robust={m: f for m, (f, _) in robust.items()},
+                robust_per_seed={m: each for m, (_, each) in robust.items()}, time_to_goal=ttg,
+                equal_clock=equal_clock_ratios(rows))

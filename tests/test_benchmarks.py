@@ -180,10 +180,35 @@ def test_target_verdicts_follow_the_measurements(results):
     ttg = next(r for k, r in v.items() if k.startswith("Time to gap"))
     assert "a 0.20" in ttg[1] and ttg[2] == "**met**"
     robust = next(r for k, r in v.items() if k.startswith("Robustness"))
-    assert robust[1] == "DCD 0.50, CD-10 0.00" and robust[2] == "**met**"
+    assert robust[1] == "dcd 0.50 (per seed 0.50), cd-10 0.00 (per seed 0.00)"
+    assert robust[2] == "**met**"
     step = v["DCD step ≤ ⅓ of a CD-10 step"]
     assert step[1] == "0.25 (2-D), 0.25 (64-D)" and step[2] == "**met**"
     assert v["Estimator overhead ≤ 1.10× the bare loop"][2] == "**not met**"
+
+
+def test_curve_and_robustness_verdicts_aggregate_over_seeds():
+    rows = []
+    for seed, (d, c, d20, c20) in enumerate([(0.04, 0.10, 0.09, 0.5), (0.06, 0.20, 0.2, 0.05),
+                                             (0.05, 0.30, 0.08, 0.5)]):
+        rows += [_row("a", "dcd", d, 100, seed=seed), _row("a", "cd-10", c, 50, seed=seed),
+                 _row("a", "dcd", d20, 20, "curve", seed=seed),
+                 _row("a", "cd-10", c20, 20, "curve", seed=seed)]
+    for seed, (dcd, cd) in enumerate([((0.05, 0.3), (0.3, math.nan)),
+                                      ((0.05, 0.05), (0.05, 0.3))]):
+        rows += [_row("a", m, g, 10, "robustness", seed=seed)
+                 for m, gaps in (("dcd", dcd), ("cd-10", cd)) for g in gaps]
+    v = _verdicts({"density": {"rows": rows}})
+    # the cheapest budget reaching 0.1, per seed: DCD 20, 100, 20 s (median 20);
+    # CD-10 50, 20 s and never (median 50)
+    ttg = next(r for k, r in v.items() if k.startswith("Time to gap"))
+    assert ttg[1] == "ratio a 0.40" and ttg[2] == "**not met**"
+    # within 100 s, the best gap per seed: DCD 0.04, 0.06, 0.05; CD-10 0.10, 0.05, 0.30
+    clock = next(r for k, r in v.items() if k.startswith("At DCD"))
+    assert clock[1] == "mean 0.33; ratio a 0.33" and clock[2] == "**met**"
+    robust = next(r for k, r in v.items() if k.startswith("Robustness"))
+    assert robust[1] == "dcd 0.75 (per seed 0.50 / 1.00), cd-10 0.25 (per seed 0.00 / 0.50)"
+    assert robust[2] == "**met**"
 
 
 def test_missing_sections_give_no_verdict(results):
