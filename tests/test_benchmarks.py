@@ -120,6 +120,19 @@ def test_merge_adds_new_seeds_and_keeps_the_old_ones():
     assert len([r for r in again["rows"] if r["experiment"] == "variants"]) == 3
 
 
+def test_every_density_experiment_runs_every_seed():
+    from benchmarks.density import CURVE_STEPS, METHODS, ROBUST_GRID, ROBUST_TOYS, jobs
+
+    runs = jobs(quick=False, seeds=[0, 1, 2])
+    for experiment, per_seed in [("default", 6 * 2), ("variants", 6 * (len(METHODS) - 2)),
+                                 ("curve", 6 * 2 * len(CURVE_STEPS)),
+                                 ("robustness", len(ROBUST_TOYS) * 2 * 18)]:
+        for seed in (0, 1, 2):
+            mine = [j for j in runs if j["experiment"] == experiment and j["seed"] == seed]
+            assert len(mine) == per_seed, (experiment, seed)
+    assert math.prod(map(len, ROBUST_GRID.values())) == 18
+
+
 def test_digits_merge_replaces_only_the_rerun_models():
     old = {"rows": [{"method": "dcd-tc", "v": 1}, {"method": "kpca", "v": 1}],
            "settings": {"seeds": [0, 1], "models": ["dcd-tc", "dcd"]}, "meta": {"date": "a"},
