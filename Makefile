@@ -26,7 +26,7 @@ test: $(VENV)/.installed
 quick-test: $(VENV)/.installed
 	$(BIN)/python -m pytest tests skdcd -m "not slow" $(PYTEST_ARGS)
 
-# the benchmark suite: about 2.3 hours on 2 cores (each section's seconds are in
+# the benchmark suite: about 3.7 hours on 2 cores (each section's seconds are in
 # benchmarks/RESULTS.md); quick: a three-minute smoke run, which make test also runs
 $(VENV)/.bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
