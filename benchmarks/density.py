@@ -244,11 +244,15 @@ def _time_to_goal(rows, toy, method):
     return float(np.median(times)) if times else math.nan
 
 
-def _run_commits(result, *experiments):
-    """``label at commit`` of each recorded run that wrote rows of ``experiments``."""
+def _versions_lines(result, *experiments) -> list[str]:
+    """The report's code-version line (and a blank) when ``experiments`` ran in several runs."""
     runs = result.get("runs") or {e: result["meta"] for e in result["settings"]["experiments"]}
-    return {label: m.get("commit") for label, m in runs.items()
-            if m.get("experiment", label) in experiments}
+    parts = {label: m.get("commit") for label, m in runs.items()
+             if m.get("experiment", label) in experiments}
+    if len(set(parts.values())) <= 1:
+        return []
+    return [versions_note(", ".join(f"{label} at {c}" for label, c in parts.items()),
+                          *parts.values()), ""]
 
 
 def _gap_at(rows, toy, method, seconds, seed):
@@ -310,13 +314,9 @@ def report(result: dict, fig_dir: Path) -> str:
                 "Each negative sampler and diffusion of DCD, CD-1, CD-10 and persistent CD-10, "
                 f"all other parameters at their defaults (the same step budget); mean ± std "
                 f"over seeds {seeds} (the `{HEADLINE[0]}` and `{HEADLINE[1]}` columns are the "
-                "defaults experiment's fits of these seeds)."]
-        parts = _run_commits(result, "variants", "default")
-        if len(set(parts.values())) > 1:
-            out.append(versions_note(", ".join(f"{label} at {c}" for label, c in parts.items()),
-                                     *parts.values()))
-        out += ["", md_table(["toy", *present], _gap_table(merged, toys, present, "variants")),
-                ""]
+                "defaults experiment's fits of these seeds).", "",
+                *_versions_lines(result, "variants", "default"),
+                md_table(["toy", *present], _gap_table(merged, toys, present, "variants")), ""]
     errors = [r for r in rows if r.get("error")]
     if errors:
         out += [f"{len(errors)} fits failed: " + "; ".join(
@@ -328,10 +328,7 @@ def report(result: dict, fig_dir: Path) -> str:
                 f"default, seeds {seeds}. Each point is a separate fit whose cosine schedule "
                 "ends at that budget; faint lines are single seeds, bold ones the medians "
                 "over seeds of each budget's seconds and gap.", ""]
-        parts = _run_commits(result, "curve", "default")
-        if len(set(parts.values())) > 1:
-            out += [versions_note(", ".join(f"{label} at {c}" for label, c in parts.items()),
-                                  *parts.values()), ""]
+        out += _versions_lines(result, "curve", "default")
         out += [f"![gap vs seconds]({_curve_figure(rows, toys, fig_dir)})", ""]
         table = []
         for toy in toys:
@@ -365,10 +362,7 @@ def report(result: dict, fig_dir: Path) -> str:
                 f"Grid: learning rate {grid['learning_rate']} × energy penalty "
                 f"{grid['energy_reg']} × steps {grid['steps']} on {settings['robust_toys']}, "
                 f"seeds {seeds}; every (setting, seed) is one fit.", ""]
-        parts = _run_commits(result, "robustness")
-        if len(set(parts.values())) > 1:
-            out += [versions_note(", ".join(f"{label} at {c}" for label, c in parts.items()),
-                                  *parts.values()), ""]
+        out += _versions_lines(result, "robustness")
         out += [md_table(["method", f"fits with gap ≤ {GAP_GOAL}", "fraction", "per seed",
                           "gap ≤ 0.5", "median gap", "worst gap", "non-finite"], table), "",
                 "<details><summary>Each setting: fits with gap ≤ 0.1 out of the seeds, and "

@@ -18,13 +18,18 @@ def test_spread_uses_sample_std():
     assert spread([5.0])["std"] == 0.0
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_same_package_code_ignores_changes_outside_the_package(tmp_path):
+@pytest.fixture
+def commit(tmp_path):
+    """``commit(path, text)`` writes a file in a fresh git repository at ``tmp_path``, commits
+    it and returns the short commit hash."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+
     def git(*args):
         return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
                               cwd=tmp_path, check=True, capture_output=True, text=True).stdout
 
-    def commit(path, text):
+    def write_and_commit(path, text):
         (tmp_path / path).parent.mkdir(exist_ok=True)
         (tmp_path / path).write_text(text)
         git("add", path)
@@ -32,6 +37,10 @@ def test_same_package_code_ignores_changes_outside_the_package(tmp_path):
         return git("rev-parse", "--short", "HEAD").strip()
 
     git("init", "-q")
+    return write_and_commit
+
+
+def test_same_package_code_ignores_changes_outside_the_package(tmp_path, commit):
     first = commit("skdcd/a.py", "x = 1\n")
     docs = commit("docs/b.rst", "words\n")
     code = commit("skdcd/a.py", "x = 2\n")
@@ -48,20 +57,7 @@ def test_same_package_code_ignores_changes_outside_the_package(tmp_path):
     assert same_package_code(first, docs, repo=tmp_path / "benchmarks")
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_same_package_code_ignores_docstrings_and_comments_only(tmp_path):
-    def git(*args):
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                              cwd=tmp_path, check=True, capture_output=True, text=True).stdout
-
-    def commit(path, text):
-        (tmp_path / path).parent.mkdir(exist_ok=True)
-        (tmp_path / path).write_text(text)
-        git("add", path)
-        git("commit", "-qm", path)
-        return git("rev-parse", "--short", "HEAD").strip()
-
-    git("init", "-q")
+def test_same_package_code_ignores_docstrings_and_comments_only(tmp_path, commit):
     source = ('"""Module."""\n\nclass A:\n    __doc__ = f"""{1} is one."""\n\n'
               '    def f(self):\n        """Doc."""\n        return 1  # why\n')
     first = commit("skdcd/a.py", source)
