@@ -7,9 +7,9 @@ offer ``fit``, ``score_samples``, ``score``, ``sample`` and ``denoise``.
 
 __version__ = "0.1.0"  # before the imports: the estimators record it in saved models
 
-from skdcd._base import InconsistentVersionWarning  # noqa: E402
 from skdcd._cd import CDEnergyEstimator  # noqa: E402
 from skdcd._dcd import DCDEnergyEstimator  # noqa: E402
+from skdcd._persistence import InconsistentVersionWarning  # noqa: E402
 
 __all__ = ["CDEnergyEstimator", "DCDEnergyEstimator", "InconsistentVersionWarning",
            "__version__"]

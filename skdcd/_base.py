@@ -1,21 +1,21 @@
-"""BaseEnergyEstimator: the scikit-learn contract shared by the DCD and CD estimators.
+"""BaseEnergyEstimator: the scikit-learn shell shared by the DCD and CD estimators.
 
-One training loop minimises the contrastive surrogate
-
-    mean E(x_pos) - mean E(stopgrad(x_neg)) + λ (mean E(x_pos)² + mean E(x_neg)²),
-
-and subclasses only say how negatives ``x_neg`` are drawn (:meth:`_negatives`). All maths
-runs in standardised coordinates ``z = (x - mean_) / scale_``; public methods convert.
+``fit`` reads top to bottom: validate ``X``; resolve every ``"auto"`` setting once into
+fitted attributes (:meth:`_resolve`); initialise the standardisation, the network and the
+estimator's own state; then step the objective (:meth:`_objective`, from
+:mod:`skdcd._objectives`) with :func:`skdcd._training.run`. Inference goes through the
+fitted model's kind (:meth:`_model`, from :mod:`skdcd._inference`); persistence through
+:mod:`skdcd._persistence`. All maths runs in standardised coordinates
+``z = (x - mean_) / scale_``; the public methods convert. Subclasses implement the four
+abstract hooks and nothing else.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
 import math
 import os
 import warnings
+from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
@@ -27,51 +27,19 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skdcd import __version__, partition, samplers
-from skdcd._io import write_atomic
-from skdcd._progress import ProgressBar, anneal_callback
-from skdcd.networks import ACTIVATIONS, AtNoiseLevel, ConvEnergy, EnvelopedEnergy, MLPEnergy
+from skdcd import __version__
+from skdcd import _inference as inference
+from skdcd import _persistence as persistence
+from skdcd import _training as training
+from skdcd._objectives import ContrastiveObjective, WellGuard
+from skdcd._utils import generator_from_random_state, seeded_generator
+from skdcd.networks import ACTIVATIONS, ConvEnergy, EnvelopedEnergy, MLPEnergy
 
-# optimisation steps that max_iter="auto" aims for; with learning_rate=1e-2 (cosine) 2,000
-# steps matched or beat 8,000 at 1e-3 on the 2-D toys (benchmarks/RESULTS.md)
+# optimisation steps that max_iter="auto" aims for (benchmarks/RESULTS.md)
 STEPS_PER_FIT = 2000
-# rows per chunk of the inference methods, so that memory stays flat in the number of rows:
-# without autograd (energies, quadrature) and with it (sampling, denoising). Each chunk's
-# result is copied into a preallocated array at once: small long-lived tensors between the
-# chunks' large short-lived ones fragment glibc's heap, which then grew by ~600 MB per 10⁶ rows
-EVAL_BATCH = 8192
-GRAD_BATCH = 4096
-WELL_PROBES = 64  # uniform points per step at which well_penalty looks for spurious wells
-
-logger = logging.getLogger("skdcd")
-
-WEIGHTS_FORMAT = "skdcd-weights"
-# 2: the envelope's buffers have an axis of mixture components; 3: MLPEnergy's input_gain
-WEIGHTS_FORMAT_VERSION = 3
-_ENVELOPE_BUFFERS = ("center", "directions", "variances", "residual_variance", "log_weights")
 
 
-class InconsistentVersionWarning(UserWarning):
-    """A model saved by one version of skdcd is loaded by another.
-
-    Its results may differ or be wrong; refit it with the running version when you can.
-    """
-
-
-def _seeded_generator(entropy: tuple[int, ...], device: torch.device) -> torch.Generator:
-    """A torch generator whose seed is derived from ``entropy`` (reproducible, independent)."""
-    seed = int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0])
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed % (2**63))
-    return generator
-
-
-def _generator_from_random_state(random_state, device: torch.device) -> torch.Generator:
-    rng = check_random_state(random_state)
-    return _seeded_generator((int(rng.randint(np.iinfo(np.int32).max)),), device)
-
-
-class BaseEnergyEstimator(DensityMixin, BaseEstimator):
+class BaseEnergyEstimator(DensityMixin, BaseEstimator, metaclass=ABCMeta):
     """Shared machinery of the energy-based density estimators; not for direct use.
 
     See :class:`skdcd.DCDEnergyEstimator` for the parameters.
@@ -107,6 +75,10 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         "mixed_precision": ["boolean"],
         "compile": ["boolean"],
     }
+    # renamed parameters of files and pickles from earlier versions: old -> (new, convert)
+    _PARAM_UPGRADES: dict = {}
+    # the fitted attributes that _resolve sets (re-derived for models saved before them)
+    _RESOLVED: tuple[str, ...] = ()
 
     def __init__(
         self, *, hidden_layer_sizes=(128, 128, 128), image_shape=None,
@@ -147,24 +119,45 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         self.mixed_precision = mixed_precision
         self.compile = compile
 
-    # fitted state beyond the energy network and the optimizer, saved by :meth:`save`
-    _ARRAY_STATE = ("mean_", "scale_", "_z_low", "_z_high", "_base_mean", "_base_std")
-    _SCALAR_STATE = ("n_features_in_", "n_iter_", "t_", "_seed", "loss_curve_")
-    _TENSOR_STATE: tuple[str, ...] = ()  # subclass state that is a tensor or None
+    # ------------------------------------------------------------------ the four hooks
+    @abstractmethod
+    def _resolve(self, Z: np.ndarray | None) -> None:
+        """Validate the settings and resolve every ``"auto"`` into fitted attributes.
 
+        ``Z``: the standardised training data of a cold fit; ``None`` for a warm one (or a
+        model loaded from before these attributes), which keeps the fitted model's kind.
+        Raises before it changes anything.
+        """
+
+    @abstractmethod
+    def _initial_state(self, Z: np.ndarray) -> None:
+        """The estimator's own state at a cold fit, once the network is built."""
+
+    @abstractmethod
+    def _objective(self, device: torch.device) -> ContrastiveObjective:
+        """The training objective of this fit (resolved settings, the current box)."""
+
+    @abstractmethod
+    def _model(self, device: torch.device) -> inference.Model:
+        """The fitted model, for inference on ``device``."""
+
+    # ------------------------------------------------------------------ persistence
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state["_skdcd_version"] = __version__
         return state
 
     def __setstate__(self, state: dict) -> None:
-        _warn_if_other_version(type(self).__name__, state.pop("_skdcd_version", "unknown"))
-        super().__setstate__(self._upgrade_params(state))
+        persistence.warn_if_other_version(type(self).__name__,
+                                          state.pop("_skdcd_version", "unknown"))
+        super().__setstate__(persistence.upgrade_params(type(self), state))
+        self._upgrade_resolved()
 
-    @classmethod
-    def _upgrade_params(cls, params: dict) -> dict:
-        """Constructor parameters saved by an earlier skdcd, in today's names."""
-        return params
+    def _upgrade_resolved(self) -> None:
+        """Resolve the settings of a fitted model saved before they were fitted attributes."""
+        if "energy_net_" in self.__dict__ and not all(
+                name in self.__dict__ for name in self._RESOLVED):
+            self._resolve(None)
 
     def save(self, path: str | os.PathLike) -> None:
         """Save the fitted model as tensors and JSON, loadable without unpickling code.
@@ -195,26 +188,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         True
         """
         check_is_fitted(self)
-        params = self.get_params(deep=False)
-        params["energy_net"] = None if self.energy_net is None else "custom"
-        if not isinstance(params["random_state"], Integral | None):
-            params["random_state"] = None
-        params["device"] = str(params["device"])
-        payload = {
-            "format": WEIGHTS_FORMAT, "format_version": WEIGHTS_FORMAT_VERSION,
-            "skdcd_version": __version__, "estimator": type(self).__name__,
-            "params": json.dumps(_to_json(params)),
-            "energy_net": self.energy_net_.state_dict(),
-            "optimizer": self._optimizer_state,
-            "arrays": {k: torch.from_numpy(np.asarray(getattr(self, k), dtype=np.float64))
-                       for k in self._ARRAY_STATE if hasattr(self, k)},
-            "scalars": json.dumps({k: _to_json(getattr(self, k)) for k in self._SCALAR_STATE}),
-            "tensors": {k: getattr(self, k) for k in self._TENSOR_STATE},
-            "feature_names_in": (list(map(str, self.feature_names_in_))
-                                 if hasattr(self, "feature_names_in_") else None),
-            "cache": {k: float(v) for k, v in self._cache.items()},
-        }
-        write_atomic(path, lambda f: torch.save(payload, f))
+        persistence.save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, energy_net=None):
@@ -236,126 +210,20 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         --------
         See :meth:`save`.
         """
-        try:
-            with warnings.catch_warnings():  # torch's note on foreign pickle protocols
-                warnings.filterwarnings("ignore", message=".*pickle protocol",
-                                        category=UserWarning)
-                payload = torch.load(path, map_location="cpu", weights_only=True)
-        except OSError:  # a missing or unreadable file says so itself
-            raise
-        except Exception as exc:  # an unpickling error, a zip error, ...: not our format
-            raise ValueError(
-                f"{os.fspath(path)!r} is not a file written by {cls.__name__}.save "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})."
-            ) from exc
-        if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a file written by "
-                             f"{cls.__name__}.save.")
-        if payload["format_version"] > WEIGHTS_FORMAT_VERSION:
-            raise ValueError(
-                f"{os.fspath(path)!r} uses format version {payload['format_version']}; this "
-                f"skdcd ({__version__}) reads up to {WEIGHTS_FORMAT_VERSION}. Upgrade skdcd.")
-        if cls is BaseEnergyEstimator:  # whichever estimator the file holds
-            cls = {c.__name__: c for c in cls.__subclasses__()}.get(payload["estimator"], cls)
-        if payload["estimator"] != cls.__name__:
-            raise ValueError(f"{os.fspath(path)!r} holds a {payload['estimator']}; load it "
-                             f"with {payload['estimator']}.load.")
-        _warn_if_other_version(cls.__name__, payload["skdcd_version"])
-        params = _from_json(json.loads(payload["params"]))
-        if params["energy_net"] == "custom" and energy_net is None:
-            raise ValueError("This model was fitted with a custom energy_net; pass the same "
-                             "factory as load(path, energy_net=...).")
-        params["energy_net"] = energy_net if params["energy_net"] == "custom" else None
-        est = cls(**cls._upgrade_params(params))
-        for k, v in json.loads(payload["scalars"]).items():
-            setattr(est, k, v)
-        for k, v in payload["arrays"].items():
-            setattr(est, k, v.numpy())
-        for k, v in payload["tensors"].items():
-            setattr(est, k, v)
-        if payload["feature_names_in"] is not None:
-            est.feature_names_in_ = np.asarray(payload["feature_names_in"], dtype=object)
-        net = est._build_energy_net(est.n_features_in_)
-        state = payload["energy_net"]
-        if payload["format_version"] < 3:  # MLPEnergy saw x itself: a gain of 1
-            state = {**{k: torch.tensor(1.0) for k in net.state_dict()
-                        if k.endswith("input_gain")}, **state}
-        net.set_bounds(state["low"], state["high"])  # sizes the clipping box's buffers
-        if "log_weights" not in state and state.get("directions", torch.zeros(0)).numel():
-            # format 1 held one Gaussian, without the axis of mixture components
-            net.set_gaussian(state["center"], state["directions"], state["variances"],
-                             state["residual_variance"])
-        else:
-            for name in _ENVELOPE_BUFFERS:  # sizes the envelope's buffers
-                if name in state:
-                    setattr(net, name, state[name])
-        net.load_state_dict({**net.state_dict(), **state,
-                             **{name: getattr(net, name) for name in _ENVELOPE_BUFFERS}})
-        est.energy_net_ = net.eval()
-        est._optimizer_state = payload["optimizer"]
-        est._cache = dict(payload["cache"])
-        return est
+        return persistence.load(cls, path, energy_net)
 
     def __sklearn_is_fitted__(self) -> bool:
         # a fit that diverges before its first epoch leaves mean_ etc. but no energy
         return hasattr(self, "energy_net_")
 
-    # ------------------------------------------------------------------ subclass hooks
-    def _negatives(self, energy_fn, x_pos: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
-        """Negative samples for the batch ``x_pos`` (standardised units), detached."""
-        raise NotImplementedError
-
-    def _negative_energies(self, net, x_pos: torch.Tensor,
-                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Differentiable mean energy and mean squared energy of the negatives.
-
-        Subclasses whose negative term is a weighted average override this.
-        """
-        e_neg = net(self._negatives(net, x_pos, generator).detach())  # (N,)
-        return e_neg.mean(), e_neg.pow(2).mean()
-
-    def _contrastive_terms(self, net, x_pos: torch.Tensor, generator: torch.Generator
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Positive energies ``(B,)``, mean negative energy, and what ``energy_reg`` weighs.
-
-        The last is ``mean E(x_pos)² + mean E(x_neg)²`` unless a subclass rescales it.
-        """
-        neg_mean, neg_sq = self._negative_energies(net, x_pos, generator)
-        e_pos = net(x_pos)  # (B,)
-        return e_pos, neg_mean, e_pos.pow(2).mean() + neg_sq
-
-    def _noise_conditional(self) -> bool:
-        """Whether the energy takes the noise level as an input, ``E(x, σ)``.
-
-        A fitted model keeps the kind it was fitted as: parameters changed after ``fit``
-        (``image_shape`` under ``time_conditional="auto"``, say) apply at the next cold fit.
-        """
-        net = self.__dict__.get("energy_net_")
-        if net is not None and not self.__dict__.get("_refitting", False):
-            return bool(net.noise_conditional)
-        return self._requested_noise_conditional()
-
-    def _requested_noise_conditional(self) -> bool:
-        """What the parameters ask for (``_noise_conditional`` before fit)."""
-        return False
-
-    def _energy_reg(self) -> float:
-        """``energy_reg`` with any ``"auto"`` resolved."""
-        return self.energy_reg
-
-    def _inference_level(self) -> float:
-        """The noise level at which a noise-conditional energy models the data."""
-        raise NotImplementedError
-
-    def _check_extra_params(self) -> None:
-        """Cross-parameter checks that ``_parameter_constraints`` cannot express."""
-
-    def _init_extra_state(self) -> None:
-        """Reset estimator-specific state on a fresh (cold) fit, e.g. a replay buffer."""
+    @property
+    def _time_conditional(self) -> bool:
+        """Whether the fitted energy is ``E(x, σ)``: a model with a noise ladder (DCD only)."""
+        return "noise_levels_" in self.__dict__
 
     # ------------------------------------------------------------------ validation
     def _check_params(self, n_features: int) -> None:
+        """Checks that ``_parameter_constraints`` cannot express, shared by every estimator."""
         sizes = self.hidden_layer_sizes
         if self.energy_net is None and not _positive_ints(sizes):
             raise ValueError(
@@ -379,7 +247,6 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                 "use 'ais' or 'auto'."
             )
         self._fit_device()
-        self._check_extra_params()
 
     def _fit_device(self) -> torch.device:
         if isinstance(self.device, str) and self.device == "auto":
@@ -435,16 +302,13 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         >>> est.n_iter_, len(est.loss_curve_), est.n_features_in_
         (2, 2, 2)
         """
-        keep = self.warm_start and hasattr(self, "energy_net_")
-        X = self._validate_X(X, reset=not keep)
-        # a cold refit checks and builds what the parameters ask for, not the fitted kind
-        self._refitting = not keep
-        try:
-            self._check_params(X.shape[1])
-            if not keep:
-                self._initialize(X)
-        finally:
-            del self._refitting
+        warm = self.warm_start and hasattr(self, "energy_net_")
+        X = self._validate_X(X, reset=not warm)
+        self._check_params(X.shape[1])
+        if warm:
+            self._resolve(None)
+        else:
+            self._start(X)
         n_batches = math.ceil(X.shape[0] / min(self.batch_size, X.shape[0]))
         n_epochs = (math.ceil(STEPS_PER_FIT / n_batches) if self.max_iter == "auto"
                     else self.max_iter)
@@ -487,47 +351,53 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         X = self._validate_X(X, reset=first)
         if first:
             self._check_params(X.shape[1])
-            self._initialize(X)
+            self._start(X)
+        else:
+            self._resolve(None)
         self._train(X, 1, cosine=False)
         return self
 
-    def _initialize(self, X: np.ndarray) -> None:
-        rng = check_random_state(self.random_state)
-        self._seed = int(rng.randint(np.iinfo(np.int32).max))
-        n_features = X.shape[1]
-        if self.standardize:
-            # images share one mean and scale over all pixels: per-pixel scaling would blow up
-            # the near-constant border pixels and distort the image that the convolutions see
-            axis = None if self.image_shape is not None else 0
-            with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below
-                self.mean_ = np.broadcast_to(X.mean(axis=axis), (n_features,)).copy()
-                scale = np.broadcast_to(X.std(axis=axis), (n_features,)).copy()
-            self.scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(self.mean_)),
-                                   scale, 1.0)
-        else:
-            self.mean_, self.scale_ = np.zeros(n_features), np.ones(n_features)
-        if not (np.isfinite(self.mean_).all() and np.isfinite(self.scale_).all()):
-            del self.mean_, self.scale_
-            raise ValueError(
-                "X holds values too large to standardise in float64 (their mean or standard "
-                f"deviation overflows; the largest |x| is {np.abs(X).max():.3g}). Rescale X.")
-        Z = self._standardize(X)
+    def _start(self, X: np.ndarray) -> None:
+        """A cold start: resolve the settings for ``X``, then initialise every fitted state."""
+        mean, scale = self._standardization(X)
+        with np.errstate(over="ignore"):  # rows that overflow are refused by _train
+            Z = (X - mean) / scale
+        self._resolve(Z)  # raises before anything changes
+        self._seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        self.mean_, self.scale_ = mean, scale
         # torch initialises layers from its global generator: fork it so that the global
         # state is untouched and the weights depend on random_state alone
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._seed)
-            self.energy_net_ = self._build_energy_net(n_features)
+            self.energy_net_ = self._build_energy_net(X.shape[1])
         self._optimizer_state = None
-        self._z_low, self._z_high = np.full(n_features, np.inf), np.full(n_features, -np.inf)
+        self._z_low, self._z_high = np.full(X.shape[1], np.inf), np.full(X.shape[1], -np.inf)
         self._base_mean, self._base_std = Z.mean(axis=0), np.maximum(Z.std(axis=0), 1e-3)
         self._cache: dict = {}  # lazily computed quantities; cleared by training
         self.loss_curve_: list[float] = []
         self.n_iter_ = 0
         self.t_ = 0
-        self._init_extra_state()
+        self._initial_state(Z)
+
+    def _standardization(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``mean_`` and ``scale_`` for ``X`` (one of each for all pixels of an image)."""
+        n_features = X.shape[1]
+        if not self.standardize:
+            return np.zeros(n_features), np.ones(n_features)
+        # per-pixel scaling would blow up the near-constant border pixels of images
+        axis = None if self.image_shape is not None else 0
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below
+            mean = np.broadcast_to(X.mean(axis=axis), (n_features,)).copy()
+            scale = np.broadcast_to(X.std(axis=axis), (n_features,)).copy()
+        scale = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean)), scale, 1.0)
+        if not (np.isfinite(mean).all() and np.isfinite(scale).all()):
+            raise ValueError(
+                "X holds values too large to standardise in float64 (their mean or standard "
+                f"deviation overflows; the largest |x| is {np.abs(X).max():.3g}). Rescale X.")
+        return mean, scale
 
     def _build_energy_net(self, n_features: int) -> EnvelopedEnergy:
-        conditional = self._noise_conditional()
+        conditional = self._time_conditional
         if self.energy_net is not None:
             net = self.energy_net(n_features)
         elif self.image_shape is not None:
@@ -544,91 +414,43 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
 
     def _train(self, X: np.ndarray, n_epochs: int, *, cosine: bool) -> None:
         device = self._fit_device()
-        Z_np = self._standardize_finite(X)  # before any state changes: nothing is lost
-        self._z_low = np.minimum(self._z_low, Z_np.min(axis=0))
-        self._z_high = np.maximum(self._z_high, Z_np.max(axis=0))
+        Z = self._standardize_finite(X)  # before any state changes: nothing is lost
+        self._z_low = np.minimum(self._z_low, Z.min(axis=0))
+        self._z_high = np.maximum(self._z_high, Z.max(axis=0))
         if self.clip_margin is not None:  # the box widens with what partial_fit sees
             self.energy_net_.set_bounds(self._z_low - self.clip_margin,
                                         self._z_high + self.clip_margin)
-        Z = torch.as_tensor(Z_np, dtype=torch.float32, device=device)  # (n, d)
-        margin = 1.0 if self.clip_margin is None else self.clip_margin
-        box_low = torch.as_tensor(self._z_low - margin, dtype=torch.float32, device=device)
-        box_span = torch.as_tensor(self._z_high - self._z_low + 2 * margin,
-                                   dtype=torch.float32, device=device)
-        n = Z.shape[0]
-        batch_size = min(self.batch_size, n)
-        n_batches = math.ceil(n / batch_size)
-        total_steps = n_epochs * n_batches
-        generator = _seeded_generator((self._seed, 0, self.t_), device)
-        net = self.energy_net_.to(device)
-        net.train()
-        # the compiled module shares net's parameters; autocast leaves them in float32
-        forward = torch.compile(net) if self.compile else net
-        # bfloat16 keeps float32's range, so no loss scaling and no spurious overflow that
-        # the divergence rule below would mistake for divergence
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                                  enabled=self.mixed_precision)
-        guard_wells = self.well_penalty > 0 and not self._noise_conditional()
-        energy_reg = self._energy_reg()
-        optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate)
-        if self._optimizer_state is not None:
-            optimizer.load_state_dict(self._optimizer_state)
+        objective = self._objective(device)
+        generator = seeded_generator((self._seed, 0, self.t_), device)
+        settings = training.Settings(
+            n_epochs=n_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            cosine=cosine, max_grad_norm=self.max_grad_norm, compile=self.compile,
+            mixed_precision=self.mixed_precision)
+        state = training.FitState(self.t_, self.n_iter_, self.loss_curve_,
+                                  self._optimizer_state)
         self._cache.clear()
-        bar = ProgressBar(total_steps, f"{type(self).__name__} fit", self.verbose)
-        diverged = False
         try:
-            for epoch in range(n_epochs):
-                # the last state known to be finite: divergence rolls back to it
-                snapshot = (copy.deepcopy(net.state_dict()),
-                            copy.deepcopy(optimizer.state_dict()), self.t_)
-                epoch_loss = 0.0
-                perm = torch.randperm(n, generator=generator, device=device)
-                for b in range(n_batches):
-                    step = epoch * n_batches + b
-                    lr = (0.5 * self.learning_rate * (1 + math.cos(math.pi * step / total_steps))
-                          if cosine else self.learning_rate)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    x_pos = Z[perm[b * batch_size:(b + 1) * batch_size]]  # (B, d)
-                    with autocast:
-                        e_pos, neg_mean, square = self._contrastive_terms(forward, x_pos,
-                                                                          generator)
-                        e_pos = e_pos.float()
-                        loss = (e_pos.mean() - neg_mean.float()
-                                + energy_reg * square.float())
-                        if guard_wells:
-                            loss = loss + self.well_penalty * _well_loss(
-                                forward, e_pos, box_low, box_span, generator).float()
-                    loss_value = float(loss.detach())
-                    diverged = not math.isfinite(loss_value)
-                    if not diverged:
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        grad_norm = _grad_norm(net, self.max_grad_norm)
-                        diverged = not math.isfinite(float(grad_norm))
-                    if diverged:
-                        net.load_state_dict(snapshot[0])
-                        optimizer.load_state_dict(snapshot[1])
-                        self.t_ = snapshot[2]
-                        break
-                    optimizer.step()
-                    epoch_loss += loss_value
-                    self.t_ += 1
-                    bar.update(1, f"epoch {self.n_iter_ + 1}, loss {epoch_loss / (b + 1):.4g}",
-                               force=b == n_batches - 1)
-                if diverged:
-                    break
-                self.loss_curve_.append(epoch_loss / n_batches)
-                self.n_iter_ += 1
-                logger.debug("%s epoch %d loss %.5f", type(self).__name__, self.n_iter_,
-                             self.loss_curve_[-1])
+            diverged = training.run(
+                self.energy_net_, torch.as_tensor(Z, dtype=torch.float32, device=device),
+                objective, settings, state, generator, name=type(self).__name__,
+                verbose=self.verbose)
         finally:
-            bar.close()
-            # keep everything that is pickled on the CPU, so a CUDA-fitted model loads anywhere
-            self._optimizer_state = _to_cpu(optimizer.state_dict())
-            self.energy_net_ = net.to("cpu").eval()
+            self.t_, self.n_iter_ = state.t, state.n_iter
+            self._optimizer_state = state.optimizer_state
+            self.__dict__.update(objective.fitted_state())
         if diverged:
             self._on_divergence()
+
+    def _well_guard(self, device: torch.device) -> WellGuard | None:
+        """The spurious-well guard over the clipping box (``well_penalty``), or None."""
+        if self.well_penalty <= 0:
+            return None
+        margin = 1.0 if self.clip_margin is None else self.clip_margin
+        return WellGuard(
+            self.well_penalty,
+            torch.as_tensor(self._z_low - margin, dtype=torch.float32, device=device),
+            torch.as_tensor(self._z_high - self._z_low + 2 * margin, dtype=torch.float32,
+                            device=device))
 
     def _on_divergence(self) -> None:
         """The documented divergence rule (see ``max_grad_norm`` in the class docstring)."""
@@ -648,14 +470,13 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
             ConvergenceWarning, stacklevel=4,
         )
 
-    # ------------------------------------------------------------------ evaluation helpers
-    def _energy_module(self, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-        """A frozen copy of the energy on ``device`` in ``dtype`` (the fitted one is untouched)."""
-        module = copy.deepcopy(self.energy_net_).to(device=device, dtype=dtype).eval()
-        module.requires_grad_(False)
-        if self._noise_conditional():
-            return AtNoiseLevel(module, self._inference_level())
-        return module
+    # ------------------------------------------------------------------ inference helpers
+    def _model_fields(self, device: torch.device) -> dict:
+        """What every :class:`~skdcd._inference.Model` takes from the estimator."""
+        return dict(net=self.energy_net_, device=device, base_mean=self._base_mean,
+                    base_std=self._base_std, z_low=self._z_low, z_high=self._z_high,
+                    sample_steps=self.sample_steps, sample_step_size=self.sample_step_size,
+                    name=type(self).__name__, verbose=self.verbose)
 
     def _standardize(self, X: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):  # callers that cannot take inf check for it
@@ -669,53 +490,20 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                 f"mean_ and scale_ (largest |x| {np.abs(X).max():.3g}). Rescale X.")
         return Z
 
-    def _energy_z(self, Z: np.ndarray) -> np.ndarray:
-        # float64: batched and row-by-row evaluations then agree to ~1e-15
-        device = self._runtime_device()
-        net = self._energy_module(torch.float64, device)
-        out = np.empty(len(Z))
-        with torch.no_grad():
-            for i in range(0, len(Z), EVAL_BATCH):
-                z = torch.as_tensor(Z[i:i + EVAL_BATCH], dtype=torch.float64, device=device)
-                out[i:i + EVAL_BATCH] = net(z).cpu().numpy()
-        return out
-
-    def _compute_log_partition(self) -> None:
-        n_features = self.n_features_in_
-        method = self.log_partition
-        if method == "auto":
-            method = "quadrature" if n_features <= 2 else "ais"
-        device = self._runtime_device()
-        net = self._energy_module(torch.float64, device)
-        if method == "quadrature":
-            span = self._z_high - self._z_low
-            margin = 0.5 * span + 1.0
-            log_z, _ = partition.log_partition_quadrature(
-                net, self._z_low - margin, self._z_high + margin,
-                n_grid=self.quadrature_n_grid, device=device, batch_size=EVAL_BATCH)
-            std_err = 0.0
-        else:
-            with ProgressBar(self.ais_n_steps, f"{type(self).__name__} log Z (AIS)",
-                             self.verbose) as bar:
-                log_z, std_err = partition.log_partition_ais(
-                    net,
-                    torch.as_tensor(self._base_mean, dtype=torch.float64, device=device),
-                    torch.as_tensor(1.5 * self._base_std, dtype=torch.float64, device=device),
-                    n_particles=self.ais_n_particles, n_steps=self.ais_n_steps,
-                    step_size=self.sample_step_size,
-                    generator=_seeded_generator((self._seed, 1), device),
-                    callback=anneal_callback(bar),
-                )
-        # from standardised to input units: dz = dx / prod(scale)
-        self._cache["log_z"] = log_z + float(np.sum(np.log(self.scale_)))
-        self._cache["log_z_std"] = std_err
-
     @property
     def log_partition_(self) -> float:
         """``log Z`` of ``exp(-energy(x))`` in input units (computed once, then cached)."""
         check_is_fitted(self)
         if "log_z" not in self._cache:
-            self._compute_log_partition()
+            method = self.log_partition
+            if method == "auto":
+                method = "quadrature" if self.n_features_in_ <= 2 else "ais"
+            log_z, std_err = self._model(self._runtime_device()).log_partition(
+                method, n_grid=self.quadrature_n_grid, n_particles=self.ais_n_particles,
+                n_steps=self.ais_n_steps, seed=self._seed)
+            # from standardised to input units: dz = dx / prod(scale)
+            self._cache["log_z"] = log_z + float(np.sum(np.log(self.scale_)))
+            self._cache["log_z_std"] = std_err
         return self._cache["log_z"]
 
     @property
@@ -749,7 +537,7 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
-        return self._energy_z(self._standardize(X))
+        return self._model(self._runtime_device()).energies(self._standardize(X))
 
     def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Normalised log-density ``log q(x) = -E(x) - log Z`` of each row, in input units.
@@ -848,47 +636,8 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
                 or n_samples < 1):
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         device = self._runtime_device()
-        generator = _generator_from_random_state(random_state, device)
-        net = self._energy_module(torch.float32, device)
-        # independent SMC runs of at most GRAD_BATCH particles keep memory flat in n_samples
-        sizes = [min(GRAD_BATCH, n_samples - i) for i in range(0, n_samples, GRAD_BATCH)]
-        with ProgressBar(self._sample_work() * len(sizes), f"{type(self).__name__} sample",
-                         self.verbose) as bar:
-            out = np.empty((n_samples, self.n_features_in_))
-            for i, size in zip(range(0, n_samples, GRAD_BATCH), sizes, strict=True):
-                x = self._sample_chunk(net, size, generator, bar)
-                out[i:i + size] = x.double().cpu().numpy()
-        return out * self.scale_ + self.mean_
-
-    def _sample_work(self) -> int:
-        """Progress-bar units of :meth:`_sample_chunk`."""
-        return self.sample_steps
-
-    def _sample_chunk(self, net, n_samples: int, generator: torch.Generator,
-                      bar: ProgressBar) -> torch.Tensor:
-        """``n_samples`` samples (standardised units) of the energy module ``net``."""
-        return self._smc_sample(net, n_samples, generator, anneal_callback(bar))
-
-    def _smc_sample(self, net, n_samples: int, generator: torch.Generator,
-                    callback, widen: float = 0.0) -> torch.Tensor:
-        device = generator.device
-        n_particles = max(n_samples, 1024)
-        # the base: a Gaussian fitted to the training data, blurred by ``widen`` and broadened
-        base_std = 1.5 * np.sqrt(self._base_std**2 + widen**2)
-        result = samplers.anneal(
-            net, torch.as_tensor(self._base_mean, dtype=torch.float32, device=device),
-            torch.as_tensor(base_std, dtype=torch.float32, device=device),
-            n_particles=n_particles, n_steps=self.sample_steps,
-            step_size=self.sample_step_size, generator=generator, resample=True,
-            callback=callback,
-        )
-        x = result.x[samplers.systematic_resample(result.log_weights, generator)]
-        # systematic resampling orders particles by ancestor: shuffle before truncating
-        x = x[torch.randperm(n_particles, generator=generator, device=device)[:n_samples]]
-        # a few exact MCMC moves at β = 1 separate the copies that resampling made
-        step = _tune_mala_step(net, x, self.sample_step_size, generator)
-        return samplers.mala(net, x, n_steps=max(1, self.sample_steps // 10), step_size=step,
-                             generator=generator).detach()
+        generator = generator_from_random_state(random_state, device)
+        return self._model(device).sample(n_samples, generator) * self.scale_ + self.mean_
 
     def denoise(self, X: ArrayLike, noise_std: float, method: str = "auto",
                 random_state: int | np.random.RandomState | None = None) -> np.ndarray:
@@ -932,170 +681,24 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator):
         (5, 2)
         """
         check_is_fitted(self)
-        if method not in ("auto", "posterior_mean", "map", "tweedie"):
+        if method not in inference.DENOISE_METHODS:
             raise ValueError(f"method must be 'auto', 'posterior_mean', 'map' or 'tweedie', "
                              f"got {method!r}.")
         if (not isinstance(noise_std, Real) or isinstance(noise_std, bool)
                 or not np.isfinite(noise_std) or noise_std <= 0):
             raise ValueError(f"noise_std must be a positive finite number, got {noise_std!r}.")
         X = self._validate_X(X, reset=False)
-        device = self._runtime_device()
-        # float64: MAP's descent test compares energies that differ by less than float32 eps
-        net = self._energy_module(torch.float64, device)
+        model = self._model(self._runtime_device())
         Z = self._standardize_finite(X)
         with np.errstate(over="ignore"):
             var = (noise_std / self.scale_) ** 2  # (d,) noise variance in standardised units
         if not np.isfinite(var).all() or not (var > 0).all():
             raise ValueError(f"noise_std={noise_std!r} is out of range for data on the scale "
                              f"of this model (scale_ up to {self.scale_.max():.3g}).")
-        method = self._denoise_method(method, var)
-        s2 = torch.as_tensor(var, dtype=torch.float64, device=device)
-        generator = (_generator_from_random_state(random_state, device)
-                     if method == "posterior_mean" else None)
-        out = np.empty_like(Z)
-        for i in range(0, len(Z), GRAD_BATCH):
-            y = torch.as_tensor(Z[i:i + GRAD_BATCH], dtype=torch.float64, device=device)
-            out[i:i + GRAD_BATCH] = self._denoise_chunk(net, y, s2, method,
-                                                        generator).cpu().numpy()
-        return out * self.scale_ + self.mean_
-
-    def _denoise_method(self, method: str, var: np.ndarray) -> str:
-        """Resolve ``"auto"`` for noise of variance ``var`` (standardised units)."""
-        if method == "tweedie":
-            raise ValueError("method='tweedie' needs a time-conditional model "
-                             "(DCDEnergyEstimator(time_conditional=True)).")
-        return "posterior_mean" if method == "auto" else method
-
-    def _denoise_chunk(self, net, y: torch.Tensor, s2: torch.Tensor, method: str,
-                       generator: torch.Generator | None) -> torch.Tensor:
-        if method == "tweedie":  # the level-σ view of a time-conditional energy
-            level = AtNoiseLevel(net.energy, float(torch.sqrt(s2[0])))
-            _, grad = samplers.energy_and_grad(level, y)
-            return (y - s2 * grad).detach()
-        def posterior(z: torch.Tensor) -> torch.Tensor:
-            return net(z) + ((y - z).pow(2) / (2.0 * s2)).sum(dim=1)
-
-        # the posterior is no wider than the noise, nor (roughly) than the unit-scale prior
-        step0 = 0.1 * min(float(s2.min()), 1.0)
-        if method == "map":
-            z = _minimise_rowwise(posterior, y, step0, self.sample_steps)
-        else:
-            z = _mala_mean(posterior, y, step0, self.sample_steps, generator)
-        return z.detach().double()
-
-
-def _grad_norm(net: torch.nn.Module, max_norm: float | None) -> torch.Tensor:
-    """The global norm of ``net``'s gradients, which are clipped to ``max_norm`` if given."""
-    if max_norm is not None:
-        return torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
-    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: no rescaling pass by 1
-        return torch.nn.utils.get_total_norm(
-            [p.grad for p in net.parameters() if p.grad is not None])
-    return torch.nn.utils.clip_grad_norm_(net.parameters(), math.inf)
+        return model.denoise(Z, var, method, random_state) * self.scale_ + self.mean_
 
 
 def _positive_ints(values) -> bool:
     """Whether ``values`` is a flat sequence of positive integers (bools excluded)."""
     return np.ndim(values) == 1 and all(
         isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in values)
-
-
-def _well_loss(net, e_pos: torch.Tensor, box_low: torch.Tensor, box_span: torch.Tensor,
-               generator: torch.Generator) -> torch.Tensor:
-    """``mean relu(min E(x_pos) - 1 - E(u))²`` over points ``u`` uniform in the box.
-
-    No point of the box should sit more than 1 nat below every data point of the batch:
-    posterior or short-run negatives, which stay near the data, never visit such a well, so
-    nothing else in the loss pushes it back up. Zero when there is no such well.
-    """
-    u = box_low + box_span * torch.rand((WELL_PROBES, box_low.shape[0]), generator=generator,
-                                        device=box_low.device)  # (P, d)
-    floor = e_pos.detach().min() - 1.0
-    return torch.relu(floor - net(u)).pow(2).mean()
-
-
-def _warn_if_other_version(name: str, saved: str) -> None:
-    if saved != __version__:
-        warnings.warn(
-            f"This {name} was saved by skdcd {saved} and is loaded by skdcd {__version__}; "
-            "its results may differ or be wrong. Refit it with this version when you can.",
-            InconsistentVersionWarning, stacklevel=3,
-        )
-
-
-def _to_json(obj):
-    """Parameters as JSON values; tuples are tagged so that :func:`_from_json` restores them."""
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_to_json(v) for v in obj]}
-    if isinstance(obj, list):
-        return [_to_json(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _to_json(v) for k, v in obj.items()}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _from_json(obj):
-    if isinstance(obj, dict):
-        if set(obj) == {"__tuple__"}:
-            return tuple(_from_json(v) for v in obj["__tuple__"])
-        return {k: _from_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_from_json(v) for v in obj]
-    return obj
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _tune_mala_step(energy_fn, x: torch.Tensor, step_size: float,
-                    generator: torch.Generator, n_rounds: int = 20) -> torch.Tensor:
-    """Adapt one MALA step size on throw-away moves so acceptance is near 0.57."""
-    step = torch.tensor(float(step_size), dtype=x.dtype, device=x.device)
-    energy, grad = samplers.energy_and_grad(energy_fn, x)
-    for _ in range(n_rounds):
-        _, _, _, accepted = samplers.mala_step(energy_fn, x, energy, grad, step, generator)
-        step = samplers.adapt_step_size(step, accepted.to(x.dtype).mean())
-    return step
-
-
-def _mala_mean(energy_fn, x: torch.Tensor, step_size: float, n_steps: int,
-               generator: torch.Generator) -> torch.Tensor:
-    """Posterior mean as the average of a MALA chain per row (per-row steps tuned in burn-in)."""
-    step = torch.full((x.shape[0], 1), step_size, dtype=x.dtype, device=x.device)  # (n, 1)
-    energy, grad = samplers.energy_and_grad(energy_fn, x)
-    burn_in = n_steps // 2
-    mean = torch.zeros_like(x)
-    for k in range(n_steps):
-        x, energy, grad, accepted = samplers.mala_step(energy_fn, x, energy, grad, step,
-                                                       generator)
-        if k < burn_in:
-            step = samplers.adapt_step_size(step, accepted.to(x.dtype).unsqueeze(1))
-        else:  # a running mean: a sum of rows near the float64 limit would overflow
-            mean += (x - mean) / (k - burn_in + 1)
-    return mean
-
-
-def _minimise_rowwise(energy_fn, x: torch.Tensor, step_size: float,
-                      n_steps: int) -> torch.Tensor:
-    """Gradient descent with a backtracking step per row; each row's energy never rises."""
-    step = torch.full((x.shape[0], 1), step_size, dtype=x.dtype, device=x.device)  # (n, 1)
-    energy, grad = samplers.energy_and_grad(energy_fn, x)
-    for _ in range(n_steps):
-        candidate = x - step * grad
-        energy_new, grad_new = samplers.energy_and_grad(energy_fn, candidate)
-        better = energy_new < energy  # (n,)
-        keep = better.unsqueeze(1)
-        x = torch.where(keep, candidate, x)
-        energy = torch.where(better, energy_new, energy)
-        grad = torch.where(keep, grad_new, grad)
-        step = torch.where(keep, step * 1.2, step * 0.5)
-    return x

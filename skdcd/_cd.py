@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from numbers import Integral, Real
 
+import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval
 
-from skdcd import samplers
+from skdcd import _inference as inference
 from skdcd._base import BaseEnergyEstimator
-from skdcd._dcd import _ATTRIBUTES_DOC, _PARAMS_DOC
+from skdcd._docs import ATTRIBUTES_DOC, PARAMS_DOC
+from skdcd._objectives import CDObjective
 
 
 class CDEnergyEstimator(BaseEnergyEstimator):
@@ -32,8 +34,8 @@ class CDEnergyEstimator(BaseEnergyEstimator):
         Size of the replay buffer.
     reinit_prob : float, default=0.05
         Probability that a buffer chain restarts from the Gaussian base.
-    {_PARAMS_DOC.replace("{energy_reg}", "float, default=0.1").replace("{energy_reg_auto}", "")}
-    {_ATTRIBUTES_DOC}
+    {PARAMS_DOC.replace("{energy_reg}", "float, default=0.1").replace("{energy_reg_auto}", "")}
+    {ATTRIBUTES_DOC}
 
     See Also
     --------
@@ -90,32 +92,20 @@ class CDEnergyEstimator(BaseEnergyEstimator):
         self.buffer_size = buffer_size
         self.reinit_prob = reinit_prob
 
-    def _base_draw(self, n: int, generator: torch.Generator, device) -> torch.Tensor:
-        mean = torch.as_tensor(self._base_mean, dtype=torch.float32, device=device)
-        std = torch.as_tensor(self._base_std, dtype=torch.float32, device=device)
-        return mean + std * torch.randn((n, mean.numel()), generator=generator, device=device)
+    def _resolve(self, Z: np.ndarray | None) -> None:
+        """CD has no ``"auto"`` settings and no checks beyond the shared ones."""
 
-    _TENSOR_STATE = ("_buffer",)
+    def _initial_state(self, Z: np.ndarray) -> None:
+        """An empty replay buffer, drawn from the Gaussian base at the first persistent step."""
+        self._buffer = None
 
-    def _init_extra_state(self) -> None:
-        self._buffer = None  # drawn by the first persistent step
+    def _objective(self, device: torch.device) -> CDObjective:
+        return CDObjective(
+            self.energy_reg, self._well_guard(device), n_steps=self.n_steps,
+            step_size=self.step_size, persistent=self.persistent,
+            buffer_size=self.buffer_size, reinit_prob=self.reinit_prob,
+            base_mean=torch.as_tensor(self._base_mean, dtype=torch.float32),
+            base_std=torch.as_tensor(self._base_std, dtype=torch.float32), buffer=self._buffer)
 
-    def _negatives(self, energy_fn, x_pos: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
-        device, n = x_pos.device, x_pos.shape[0]
-        if not self.persistent:
-            start = x_pos
-        else:
-            if self._buffer is None:
-                # kept on the CPU so that the estimator pickles anywhere
-                self._buffer = self._base_draw(self.buffer_size, generator, device).cpu()
-            idx = torch.randint(self._buffer.shape[0], (n,), generator=generator,
-                                device=device).cpu()
-            start = self._buffer[idx].to(device)  # (B, d)
-            restart = torch.rand((n, 1), generator=generator, device=device) < self.reinit_prob
-            start = torch.where(restart, self._base_draw(n, generator, device), start)
-        x_neg = samplers.ula(energy_fn, start, n_steps=self.n_steps, step_size=self.step_size,
-                             generator=generator)
-        if self.persistent:
-            self._buffer[idx] = x_neg.detach().cpu()
-        return x_neg
+    def _model(self, device: torch.device) -> inference.Model:
+        return inference.Model(**self._model_fields(device))

@@ -175,6 +175,11 @@ class MLPEnergy(nn.Module):
         state["_buffers"].setdefault("input_gain", torch.tensor(1.0))
         super().__setstate__(state)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # weights saved before the gain existed (skdcd weights format < 3) saw x itself
+        state_dict.setdefault(prefix + "input_gain", torch.tensor(1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 def _zero_output(layer: nn.Module) -> None:
     """Start a noise-conditional network's output layer at zero: the model starts as its envelope.
@@ -432,6 +437,24 @@ class EnvelopedEnergy(nn.Module):
                                         device=self.log_weights.device)
                             if weights is None else torch.log(buffer(weights, self.log_weights,
                                                                      1)))  # (K,)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Load saved buffers of any size: the box's and the envelope's depend on the fit."""
+        if prefix + "log_weights" not in state_dict:
+            # weights format 1 held one Gaussian without the axis of mixture components
+            directions = state_dict.get(prefix + "directions", torch.zeros(0))
+            for name, ndim in (("center", 1), ("directions", 2), ("variances", 1),
+                               ("residual_variance", 0)):
+                if directions.numel() and prefix + name in state_dict:
+                    value = state_dict[prefix + name]
+                    state_dict[prefix + name] = value.reshape(1, *value.shape[:ndim])
+            state_dict[prefix + "log_weights"] = torch.zeros_like(self.log_weights[:1])
+        for name, buffer in self._buffers.items():
+            saved = state_dict.get(prefix + name)
+            if buffer is not None and saved is not None and saved.shape != buffer.shape:
+                self._buffers[name] = torch.empty(saved.shape, dtype=buffer.dtype,
+                                                  device=buffer.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _envelope(self, x: torch.Tensor, var: torch.Tensor | float) -> torch.Tensor:
         """The Gaussian envelope's energy at noise variance ``var`` (0 or shape ``(n,)``)."""

@@ -2,7 +2,9 @@
 
 Every MCMC sampler shares one signature, ``sampler(energy_fn, x, *, n_steps, step_size,
 generator) -> x``, where ``energy_fn`` maps ``(n, d)`` to ``(n,)`` and ``step_size`` is a
-float or an ``(n, 1)`` tensor (one step per chain). The posterior samplers used by DCD
+float or an ``(n, 1)`` tensor (one step per chain). Every adaptive MALA loop is
+:func:`adaptive_mala_step` (:func:`adaptive_mala`, :func:`tune_mala_step`, :func:`anneal`,
+:func:`recovery_sample`). The posterior samplers used by DCD
 (:func:`laplace_proposals` with :func:`importance_weights`, :func:`importance_posterior`,
 :func:`laplace_posterior`) and the annealed sampler
 (:func:`anneal`, shared by sequential Monte Carlo sampling and AIS) and the recovery sampler of
@@ -169,6 +171,127 @@ def adapt_step_size(step_size: torch.Tensor, acceptance: torch.Tensor) -> torch.
     True
     """
     return step_size * torch.exp(2.0 * (acceptance - TARGET_ACCEPTANCE))
+
+
+def adaptive_mala_step(
+    energy_fn: EnergyFn, x: torch.Tensor, energy: torch.Tensor, grad: torch.Tensor,
+    step_size: torch.Tensor, generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One :func:`mala_step`, then :func:`adapt_step_size` on its acceptance.
+
+    A step of shape ``(n, 1)`` adapts per chain to each chain's own acceptance; a scalar step
+    adapts to the mean acceptance. Every adaptive MALA loop of the package is this step.
+
+    Returns
+    -------
+    x, energy, grad : torch.Tensor
+        The new state, its energy and gradient.
+    step_size : torch.Tensor
+        The adapted step, shaped like the given one.
+
+    Examples
+    --------
+    >>> import torch
+    >>> energy_fn = lambda x: 0.5 * x.pow(2).sum(dim=1)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.zeros(3, 2)
+    >>> energy, grad = energy_and_grad(energy_fn, x)
+    >>> step = torch.full((3, 1), 0.1)
+    >>> _, _, _, step = adaptive_mala_step(energy_fn, x, energy, grad, step, g)
+    >>> step.shape  # one step per chain
+    torch.Size([3, 1])
+    """
+    x, energy, grad, accepted = mala_step(energy_fn, x, energy, grad, step_size, generator)
+    rate = accepted.to(x.dtype)
+    step_size = adapt_step_size(step_size, rate.unsqueeze(1) if step_size.ndim else rate.mean())
+    return x, energy, grad, step_size
+
+
+def adaptive_mala(
+    energy_fn: EnergyFn, x: torch.Tensor, *, n_steps: int, step_size: torch.Tensor,
+    generator: torch.Generator, burn_in: int | None = None,
+) -> torch.Tensor:
+    """MALA whose step adapts toward :data:`TARGET_ACCEPTANCE` (:func:`adaptive_mala_step`).
+
+    Parameters
+    ----------
+    energy_fn : callable
+        ``U``, mapping ``(n, d)`` to ``(n,)``.
+    x : torch.Tensor
+        Starting states, shape ``(n, d)``.
+    n_steps : int
+        Number of steps.
+    step_size : torch.Tensor
+        Initial step: a scalar (one for all chains) or shape ``(n, 1)`` (one per chain).
+    generator : torch.Generator
+        Source of randomness.
+    burn_in : int or None, default=None
+        ``None``: adapt at every step and return the last state. Otherwise adapt during the
+        first ``burn_in`` steps only and return the running mean of the states after them
+        (a posterior-mean estimate).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(n, d)``, detached.
+
+    Examples
+    --------
+    The mean of a chain on ``N(1, I)``:
+
+    >>> import torch
+    >>> energy_fn = lambda x: 0.5 * (x - 1).pow(2).sum(dim=1)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> mean = adaptive_mala(energy_fn, torch.zeros(500, 2), n_steps=400,
+    ...                      step_size=torch.full((500, 1), 0.1), generator=g, burn_in=100)
+    >>> bool(torch.allclose(mean.mean(dim=0), torch.ones(2), atol=0.05))
+    True
+    """
+    x = x.detach()
+    energy, grad = energy_and_grad(energy_fn, x)
+    n_adapt = n_steps if burn_in is None else burn_in
+    mean = torch.zeros_like(x)
+    for k in range(n_steps):
+        if k < n_adapt:
+            x, energy, grad, step_size = adaptive_mala_step(energy_fn, x, energy, grad,
+                                                            step_size, generator)
+        else:
+            x, energy, grad, _ = mala_step(energy_fn, x, energy, grad, step_size, generator)
+            # a running mean: a sum of rows near the float64 limit would overflow
+            mean += (x - mean) / (k - n_adapt + 1)
+    return x if burn_in is None else mean
+
+
+def tune_mala_step(
+    energy_fn: EnergyFn, x: torch.Tensor, step_size: float, generator: torch.Generator,
+    n_rounds: int = 20,
+) -> torch.Tensor:
+    """One MALA step size for the states ``x``, adapted on ``n_rounds`` throw-away moves.
+
+    Every round proposes a move from ``x`` itself (the states never change) and adapts the
+    step to the round's mean acceptance (:func:`adaptive_mala_step`).
+
+    Returns
+    -------
+    torch.Tensor
+        The step, a scalar.
+
+    Examples
+    --------
+    For ``N(0, I)`` in 100 dimensions a step of 1 is far too large, and it shrinks:
+
+    >>> import torch
+    >>> energy_fn = lambda x: 0.5 * x.pow(2).sum(dim=1)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(256, 100, generator=g)
+    >>> bool(tune_mala_step(energy_fn, x, 1.0, g) < 0.5)
+    True
+    """
+    step = torch.tensor(float(step_size), dtype=x.dtype, device=x.device)
+    energy, grad = energy_and_grad(energy_fn, x)
+    for _ in range(n_rounds):
+        _, _, _, step = adaptive_mala_step(energy_fn, x, energy, grad, step, generator)
+    return step
 
 
 def gaussian_proposals(
@@ -588,9 +711,9 @@ def anneal(
             return beta * energy_fn(y) - (1.0 - beta) * log_base(y)
 
         grad_base = -(x - base_mean) / base_std**2  # ∇ log_base
-        x, _, _, accepted = mala_step(tempered, x, beta * energy - (1.0 - beta) * base,
-                                      beta * grad - (1.0 - beta) * grad_base, step, generator)
-        step = adapt_step_size(step, accepted.to(dtype).mean())
+        x, _, _, step = adaptive_mala_step(tempered, x, beta * energy - (1.0 - beta) * base,
+                                           beta * grad - (1.0 - beta) * grad_base, step,
+                                           generator)
         if callback is not None:
             callback(k, x)
     return AnnealResult(x=x, log_weights=log_w, log_normalizer=log_normalizer + _logmeanexp(log_w))
@@ -676,11 +799,9 @@ def recovery_sample(
         x = y - var * grad_hi  # Tweedie: E[x_{k+1} | x_k] under the level-k model
         if start_noise is not None:
             x = x + start_noise(y, lo, torch.full_like(lo, math.sqrt(var)), generator)
-        energy, grad = energy_and_grad(posterior, x)
-        step = torch.full((n, 1), step_size * var, dtype=x.dtype, device=x.device)
-        for _ in range(n_steps):
-            x, energy, grad, accepted = mala_step(posterior, x, energy, grad, step, generator)
-            step = adapt_step_size(step, accepted.to(x.dtype).unsqueeze(1))
+        x = adaptive_mala(posterior, x, n_steps=n_steps, generator=generator,
+                          step_size=torch.full((n, 1), step_size * var, dtype=x.dtype,
+                                               device=x.device))
         if callback is not None:
             callback(k, x)
     return x

@@ -1,0 +1,263 @@
+"""Inference on a fitted energy: chunked energies, log Z, sampling and denoising.
+
+Everything here is in standardised units; the estimators convert. A fitted model is a
+:class:`Model` (an energy ``E(x)``) or a :class:`LadderModel` (a time-conditional energy
+``E(x, σ)`` with its noise ladder): the estimator picks the kind once, and the kind alone
+decides how to sample and denoise.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from skdcd import partition, samplers
+from skdcd._progress import ProgressBar, anneal_callback
+from skdcd._utils import fill_in_chunks, generator_from_random_state, seeded_generator
+from skdcd.networks import AtNoiseLevel
+
+# rows per chunk, so that memory stays flat in the number of rows: without autograd
+# (energies, quadrature) and with it (sampling, denoising)
+EVAL_BATCH = 8192
+GRAD_BATCH = 4096
+DENOISE_METHODS = ("auto", "posterior_mean", "map", "tweedie")
+
+
+@dataclass
+class Model:
+    """A fitted energy ``E(x)`` and the settings its inference uses.
+
+    Parameters
+    ----------
+    net : skdcd.networks.EnvelopedEnergy
+        The fitted energy (left untouched: inference works on frozen copies).
+    device : torch.device
+        Where to compute.
+    base_mean, base_std : ndarray of shape (n_features,)
+        The Gaussian fitted to the training data, the start of annealing.
+    z_low, z_high : ndarray of shape (n_features,)
+        The training data's box.
+    sample_steps : int
+        Temperatures of SMC sampling and AIS' progress; MCMC steps of denoising.
+    sample_step_size : float
+        Initial MALA step of sampling, AIS and denoising.
+    name : str
+        The estimator's name, for progress bars.
+    verbose : int
+        Show progress bars when positive.
+    """
+
+    net: torch.nn.Module
+    device: torch.device
+    base_mean: np.ndarray
+    base_std: np.ndarray
+    z_low: np.ndarray
+    z_high: np.ndarray
+    sample_steps: int
+    sample_step_size: float
+    name: str = ""
+    verbose: int = 0
+
+    # ------------------------------------------------------------------ the energy
+    def _frozen(self, dtype: torch.dtype) -> torch.nn.Module:
+        module = copy.deepcopy(self.net).to(device=self.device, dtype=dtype).eval()
+        module.requires_grad_(False)
+        return module
+
+    def module(self, dtype: torch.dtype) -> torch.nn.Module:
+        """A frozen copy of the energy of the data, ``x ↦ E(x)``, in ``dtype``."""
+        return self._frozen(dtype)
+
+    def energies(self, Z: np.ndarray) -> np.ndarray:
+        """``E`` of each row of ``Z``, in float64 (batched and row-wise results agree)."""
+        net = self.module(torch.float64)
+        with torch.no_grad():
+            return fill_in_chunks(np.empty(len(Z)), EVAL_BATCH, lambda a, b: net(
+                torch.as_tensor(Z[a:b], dtype=torch.float64, device=self.device)).cpu().numpy())
+
+    def log_partition(self, method: str, *, n_grid: int, n_particles: int, n_steps: int,
+                      seed: int) -> tuple[float, float]:
+        """``log Z`` and its standard error, by ``"quadrature"`` or ``"ais"``."""
+        net = self.module(torch.float64)
+        if method == "quadrature":
+            margin = 0.5 * (self.z_high - self.z_low) + 1.0
+            log_z, _ = partition.log_partition_quadrature(
+                net, self.z_low - margin, self.z_high + margin, n_grid=n_grid,
+                device=self.device, batch_size=EVAL_BATCH)
+            return log_z, 0.0
+        with ProgressBar(n_steps, f"{self.name} log Z (AIS)", self.verbose) as bar:
+            return partition.log_partition_ais(
+                net, torch.as_tensor(self.base_mean, dtype=torch.float64, device=self.device),
+                torch.as_tensor(1.5 * self.base_std, dtype=torch.float64, device=self.device),
+                n_particles=n_particles, n_steps=n_steps, step_size=self.sample_step_size,
+                generator=seeded_generator((seed, 1), self.device),
+                callback=anneal_callback(bar))
+
+    # ------------------------------------------------------------------ sampling
+    def sample_work(self) -> int:
+        """Progress-bar units of one chunk of :meth:`sample`."""
+        return self.sample_steps
+
+    def sample(self, n_samples: int, generator: torch.Generator) -> np.ndarray:
+        """``n_samples`` samples, shape ``(n_samples, n_features)``.
+
+        Independent runs of at most ``GRAD_BATCH`` particles keep memory flat.
+        """
+        net = self.module(torch.float32)
+        n_chunks = -(-n_samples // GRAD_BATCH)
+        with ProgressBar(self.sample_work() * n_chunks, f"{self.name} sample",
+                         self.verbose) as bar:
+            return fill_in_chunks(
+                np.empty((n_samples, len(self.base_mean))), GRAD_BATCH,
+                lambda a, b: self.sample_chunk(net, b - a, generator, bar).double()
+                .cpu().numpy())
+
+    def sample_chunk(self, net: torch.nn.Module, n_samples: int, generator: torch.Generator,
+                     bar: ProgressBar) -> torch.Tensor:
+        """Sequential Monte Carlo from the Gaussian base to ``exp(-E)``."""
+        return self._smc(net, n_samples, generator, anneal_callback(bar))
+
+    def _smc(self, net, n_samples: int, generator: torch.Generator, callback,
+             widen: float = 0.0) -> torch.Tensor:
+        """SMC from the training data's Gaussian, blurred by ``widen`` and broadened."""
+        device = generator.device
+        n_particles = max(n_samples, 1024)
+        base_std = 1.5 * np.sqrt(self.base_std**2 + widen**2)
+        result = samplers.anneal(
+            net, torch.as_tensor(self.base_mean, dtype=torch.float32, device=device),
+            torch.as_tensor(base_std, dtype=torch.float32, device=device),
+            n_particles=n_particles, n_steps=self.sample_steps,
+            step_size=self.sample_step_size, generator=generator, resample=True,
+            callback=callback,
+        )
+        x = result.x[samplers.systematic_resample(result.log_weights, generator)]
+        # systematic resampling orders particles by ancestor: shuffle before truncating
+        x = x[torch.randperm(n_particles, generator=generator, device=device)[:n_samples]]
+        # a few exact MCMC moves at β = 1 separate the copies that resampling made
+        step = samplers.tune_mala_step(net, x, self.sample_step_size, generator)
+        return samplers.mala(net, x, n_steps=max(1, self.sample_steps // 10), step_size=step,
+                             generator=generator).detach()
+
+    # ------------------------------------------------------------------ denoising
+    def denoise_method(self, method: str, var: np.ndarray) -> str:
+        """``method`` with ``"auto"`` resolved for noise of variance ``var`` (per feature)."""
+        if method == "tweedie":
+            raise ValueError("method='tweedie' needs a time-conditional model "
+                             "(DCDEnergyEstimator(time_conditional=True)).")
+        return "posterior_mean" if method == "auto" else method
+
+    def denoise(self, Z: np.ndarray, var: np.ndarray, method: str,
+                random_state=None) -> np.ndarray:
+        """Clean rows estimated from ``Z = clean + N(0, diag(var))``."""
+        net = self.module(torch.float64)  # MAP's descent compares energies closer than float32
+        method = self.denoise_method(method, var)
+        s2 = torch.as_tensor(var, dtype=torch.float64, device=self.device)
+        generator = (generator_from_random_state(random_state, self.device)
+                     if method == "posterior_mean" else None)
+
+        def chunk(a: int, b: int) -> np.ndarray:
+            y = torch.as_tensor(Z[a:b], dtype=torch.float64, device=self.device)
+            if method == "tweedie":
+                return tweedie(net, y, s2).cpu().numpy()
+            return posterior_estimate(net, y, s2, method, self.sample_steps,
+                                      generator).cpu().numpy()
+
+        return fill_in_chunks(np.empty_like(Z), GRAD_BATCH, chunk)
+
+
+@dataclass
+class LadderModel(Model):
+    """A fitted time-conditional energy ``E(x, σ)``: the data's model is its narrowest level.
+
+    Parameters
+    ----------
+    levels : ndarray
+        The noise ladder, increasing.
+    recovery_steps : int
+        MALA moves per level of recovery sampling.
+    recovery_step_size : float
+        Their initial step, as a fraction of each level's posterior variance.
+    """
+
+    levels: np.ndarray | None = None
+    recovery_steps: int = 20
+    recovery_step_size: float = 0.5
+
+    def module(self, dtype: torch.dtype) -> torch.nn.Module:
+        """A frozen copy of the narrowest level, ``x ↦ E(x, σ_min)``."""
+        return AtNoiseLevel(self._frozen(dtype), float(self.levels[0]))
+
+    def sample_work(self) -> int:
+        """SMC's temperatures and one unit per level of recovery."""
+        return self.sample_steps + len(self.levels) - 1
+
+    def sample_chunk(self, net, n_samples, generator, bar):
+        """SMC at the widest level, then recovery sampling down the ladder."""
+        energy = net.energy  # the full E(x, σ) behind the narrowest level's view
+        top = float(self.levels[-1])
+        x = self._smc(AtNoiseLevel(energy, top), n_samples, generator, anneal_callback(bar),
+                      widen=top)
+        return samplers.recovery_sample(
+            energy, x, self.levels[::-1].tolist(), n_steps=self.recovery_steps,
+            step_size=self.recovery_step_size, generator=generator,
+            start_noise=energy.envelope_posterior_noise, callback=lambda k, x: bar.update(1),
+        ).detach()
+
+    def denoise_method(self, method, var):
+        """Tweedie where the noise is isotropic and within the ladder, unless told otherwise."""
+        if method in ("posterior_mean", "map"):
+            return method
+        sigma = float(np.sqrt(var.max()))
+        isotropic = np.ptp(var) <= 1e-9 * var.max()
+        inside = self.levels[0] * (1 - 1e-9) <= sigma <= self.levels[-1] * (1 + 1e-9)
+        if isotropic and inside:
+            return "tweedie"
+        if method == "auto":
+            return "posterior_mean"
+        raise ValueError(
+            f"method='tweedie' needs noise of the same standard deviation in every standardised "
+            f"feature (true with image_shape) inside the noise ladder [{self.levels[0]:.3g}, "
+            f"{self.levels[-1]:.3g}]; got {sigma:.3g}"
+            + ("" if isotropic else " and features of different scales") + ".")
+
+
+def tweedie(net: AtNoiseLevel, y: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """Tweedie's posterior mean ``y - σ² ∇ₓE(y, σ)`` at the noise's own level ``σ``."""
+    level = AtNoiseLevel(net.energy, float(torch.sqrt(s2[0])))
+    _, grad = samplers.energy_and_grad(level, y)
+    return (y - s2 * grad).detach()
+
+
+def posterior_estimate(net: torch.nn.Module, y: torch.Tensor, s2: torch.Tensor, method: str,
+                       n_steps: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Mean (a MALA chain's average) or mode of ``q(x | y) ∝ exp(-E(x) - ‖y - x‖² / 2s²)``."""
+    def posterior(z: torch.Tensor) -> torch.Tensor:
+        return net(z) + ((y - z).pow(2) / (2.0 * s2)).sum(dim=1)
+
+    # the posterior is no wider than the noise, nor (roughly) than the unit-scale prior
+    step0 = 0.1 * min(float(s2.min()), 1.0)
+    if method == "map":
+        return minimise_rowwise(posterior, y, step0, n_steps).detach().double()
+    step = torch.full((y.shape[0], 1), step0, dtype=y.dtype, device=y.device)  # (n, 1)
+    return samplers.adaptive_mala(posterior, y, n_steps=n_steps, step_size=step,
+                                  generator=generator, burn_in=n_steps // 2).double()
+
+
+def minimise_rowwise(energy_fn, x: torch.Tensor, step_size: float,
+                     n_steps: int) -> torch.Tensor:
+    """Gradient descent with a backtracking step per row; each row's energy never rises."""
+    step = torch.full((x.shape[0], 1), step_size, dtype=x.dtype, device=x.device)  # (n, 1)
+    energy, grad = samplers.energy_and_grad(energy_fn, x)
+    for _ in range(n_steps):
+        candidate = x - step * grad
+        energy_new, grad_new = samplers.energy_and_grad(energy_fn, candidate)
+        better = energy_new < energy  # (n,)
+        keep = better.unsqueeze(1)
+        x = torch.where(keep, candidate, x)
+        energy = torch.where(better, energy_new, energy)
+        grad = torch.where(keep, grad_new, grad)
+        step = torch.where(keep, step * 1.2, step * 0.5)
+    return x

@@ -1,0 +1,154 @@
+"""The training loop, which knows nothing of DCD or CD.
+
+Minibatches, the learning-rate schedule, autocast and compile, clipping and the divergence
+rule; it steps on an objective, a callable ``(net, x_pos, generator) -> loss``
+(:mod:`skdcd._objectives`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from skdcd._progress import ProgressBar
+
+logger = logging.getLogger("skdcd")
+
+
+@dataclass
+class FitState:
+    """What a fit updates besides the weights, kept current step by step.
+
+    An interrupted run leaves the counters of the steps it made.
+    """
+
+    t: int = 0  # optimisation steps run
+    n_iter: int = 0  # epochs completed
+    loss_curve: list[float] = field(default_factory=list)  # mean loss of each epoch
+    optimizer_state: dict | None = None  # Adam's state, on the CPU
+
+
+@dataclass
+class Settings:
+    """How :func:`run` steps."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate: float
+    cosine: bool  # cosine decay to zero over the run, else constant
+    max_grad_norm: float | None = None
+    compile: bool = False
+    mixed_precision: bool = False
+
+
+def learning_rate(settings: Settings, step: int, total_steps: int) -> float:
+    """The learning rate of ``step`` out of ``total_steps`` (cosine decay or constant)."""
+    if not settings.cosine:
+        return settings.learning_rate
+    return 0.5 * settings.learning_rate * (1 + math.cos(math.pi * step / total_steps))
+
+
+def run(net: torch.nn.Module, Z: torch.Tensor,
+        objective: Callable[[Callable, torch.Tensor, torch.Generator], torch.Tensor],
+        settings: Settings, state: FitState, generator: torch.Generator, *,
+        name: str = "fit", verbose: int = 0) -> bool:
+    """Train ``net`` in place on the rows of ``Z`` (on its device) for ``settings.n_epochs``.
+
+    Each epoch visits the rows in a random order, in minibatches. A non-finite loss or
+    gradient stops the run and rolls the weights, the optimizer and ``state.t`` back to the
+    start of that epoch. The network ends on the CPU in eval mode either way.
+
+    Returns
+    -------
+    diverged : bool
+        Whether the run stopped on a non-finite loss or gradient.
+    """
+    device = Z.device
+    n = Z.shape[0]
+    batch_size = min(settings.batch_size, n)
+    n_batches = math.ceil(n / batch_size)
+    total_steps = settings.n_epochs * n_batches
+    net.to(device).train()
+    # the compiled module shares net's parameters; autocast leaves them in float32
+    forward = torch.compile(net) if settings.compile else net
+    # bfloat16 keeps float32's range, so no loss scaling and no spurious overflow that
+    # the divergence rule would mistake for divergence
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=settings.mixed_precision)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+    if state.optimizer_state is not None:
+        optimizer.load_state_dict(state.optimizer_state)
+    bar = ProgressBar(total_steps, f"{name} fit", verbose)
+    diverged = False
+    try:
+        for epoch in range(settings.n_epochs):
+            # the last state known to be finite: divergence rolls back to it
+            snapshot = (copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict()),
+                        state.t)
+            epoch_loss = 0.0
+            perm = torch.randperm(n, generator=generator, device=device)
+            for b in range(n_batches):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(settings, epoch * n_batches + b, total_steps)
+                x_pos = Z[perm[b * batch_size:(b + 1) * batch_size]]  # (B, d)
+                with autocast:
+                    loss = objective(forward, x_pos, generator)
+                loss_value = float(loss.detach())
+                diverged = not (math.isfinite(loss_value) and _step(
+                    net, optimizer, loss, settings.max_grad_norm))
+                if diverged:
+                    net.load_state_dict(snapshot[0])
+                    optimizer.load_state_dict(snapshot[1])
+                    state.t = snapshot[2]
+                    break
+                epoch_loss += loss_value
+                state.t += 1
+                bar.update(1, f"epoch {state.n_iter + 1}, loss {epoch_loss / (b + 1):.4g}",
+                           force=b == n_batches - 1)
+            if diverged:
+                break
+            state.loss_curve.append(epoch_loss / n_batches)
+            state.n_iter += 1
+            logger.debug("%s epoch %d loss %.5f", name, state.n_iter, state.loss_curve[-1])
+    finally:
+        bar.close()
+        # everything that is pickled stays on the CPU, so a CUDA-fitted model loads anywhere
+        state.optimizer_state = _to_cpu(optimizer.state_dict())
+        net.to("cpu").eval()
+    return diverged
+
+
+def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+          max_grad_norm: float | None) -> bool:
+    """Back-propagate ``loss`` and step, unless the gradient is not finite (then False)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if not math.isfinite(float(_grad_norm(net, max_grad_norm))):
+        return False
+    optimizer.step()
+    return True
+
+
+def _grad_norm(net: torch.nn.Module, max_norm: float | None) -> torch.Tensor:
+    """The global norm of ``net``'s gradients, which are clipped to ``max_norm`` if given."""
+    if max_norm is not None:
+        return torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: no rescaling pass by 1
+        return torch.nn.utils.get_total_norm(
+            [p.grad for p in net.parameters() if p.grad is not None])
+    return torch.nn.utils.clip_grad_norm_(net.parameters(), math.inf)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
