@@ -73,10 +73,10 @@ def time_bare_loop(X, steps):
     at the default noise levels (``σ = 0.1``, a quarter of the batch in ``[0.2, 1]``), the
     default energy penalty and the spurious-well guard.
     """
-    default = DCDEnergyEstimator()
+    # the default's resolved settings, from a one-step fit on a few rows
+    default = DCDEnergyEstimator(max_iter=1, hidden_layer_sizes=(4,)).fit(X[:64])
     n_proposals, n_negatives = default.n_proposals, default.n_negatives
-    reg = default._energy_reg()
-    wide = default._wide_noise(X.shape[1])
+    reg, wide = default.energy_reg_, default.wide_noise_
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     net = MLPEnergy(X.shape[1])

@@ -27,7 +27,6 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skdcd import __version__
 from skdcd import _inference as inference
 from skdcd import _persistence as persistence
 from skdcd import _training as training
@@ -143,14 +142,10 @@ class BaseEnergyEstimator(DensityMixin, BaseEstimator, metaclass=ABCMeta):
 
     # ------------------------------------------------------------------ persistence
     def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state["_skdcd_version"] = __version__
-        return state
+        return persistence.pickled_state(super().__getstate__())
 
     def __setstate__(self, state: dict) -> None:
-        persistence.warn_if_other_version(type(self).__name__,
-                                          state.pop("_skdcd_version", "unknown"))
-        super().__setstate__(persistence.upgrade_params(type(self), state))
+        super().__setstate__(persistence.unpickled_state(type(self), state))
         self._upgrade_resolved()
 
     def _upgrade_resolved(self) -> None:

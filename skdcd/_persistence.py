@@ -43,8 +43,20 @@ def warn_if_other_version(name: str, saved: str) -> None:
         warnings.warn(
             f"This {name} was saved by skdcd {saved} and is loaded by skdcd {__version__}; "
             "its results may differ or be wrong. Refit it with this version when you can.",
-            InconsistentVersionWarning, stacklevel=3,
+            InconsistentVersionWarning, stacklevel=4,
         )
+
+
+def pickled_state(state: dict) -> dict:
+    """The estimator's ``__getstate__``, stamped with this skdcd's version."""
+    return {**state, "_skdcd_version": __version__}
+
+
+def unpickled_state(cls, state: dict) -> dict:
+    """A pickled state, after a warning if another skdcd wrote it, in today's names."""
+    state = dict(state)
+    warn_if_other_version(cls.__name__, state.pop("_skdcd_version", "unknown"))
+    return upgrade_params(cls, state)
 
 
 def upgrade_params(cls, params: dict) -> dict:

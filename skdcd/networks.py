@@ -452,8 +452,9 @@ class EnvelopedEnergy(nn.Module):
         for name, buffer in self._buffers.items():
             saved = state_dict.get(prefix + name)
             if buffer is not None and saved is not None and saved.shape != buffer.shape:
-                self._buffers[name] = torch.empty(saved.shape, dtype=buffer.dtype,
-                                                  device=buffer.device)
+                # with the saved strides: a transposed layout rounds matmuls differently
+                self._buffers[name] = torch.empty_like(saved, dtype=buffer.dtype,
+                                                       device=buffer.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _envelope(self, x: torch.Tensor, var: torch.Tensor | float) -> torch.Tensor:

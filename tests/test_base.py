@@ -506,7 +506,7 @@ def test_max_grad_norm_bounds_every_step_and_none_does_not(blobs, monkeypatch):
 
 # ---------------------------------------------------------------- memory: chunked inference
 def test_chunked_denoise_and_sample_match_one_chunk(blobs, monkeypatch):
-    import skdcd._base as base
+    import skdcd._inference as base
 
     est = DCDEnergyEstimator(**FAST).fit(blobs)
     whole = est.denoise(blobs[:50], 0.3, method="map")
@@ -526,7 +526,7 @@ def test_chunked_denoise_and_sample_match_one_chunk(blobs, monkeypatch):
 
 
 def test_sample_in_chunks_matches_a_gaussian_energy(monkeypatch):
-    import skdcd._base as base
+    import skdcd._inference as base
 
     monkeypatch.setattr(base, "GRAD_BATCH", 1000)
     est = gaussian_model(DCDEnergyEstimator, [1.0, -2.0], [0.25, 4.0], sample_steps=64)
@@ -592,7 +592,7 @@ def test_save_with_a_custom_energy_net_needs_it_at_load(blobs, tmp_path):
 
 @pytest.mark.parametrize("how", ["pickle", "save"])
 def test_loading_a_model_from_another_version_warns(how, blobs, tmp_path, monkeypatch):
-    import skdcd._base as base
+    import skdcd._persistence as base
     from skdcd import InconsistentVersionWarning
 
     est = DCDEnergyEstimator(**FAST).fit(blobs)
@@ -697,17 +697,18 @@ class _Well(torch.nn.Module):
 
 
 def test_well_loss_is_the_squared_depth_below_the_floor():
-    from skdcd._base import WELL_PROBES, _well_loss
+    from skdcd._objectives import WELL_PROBES, WellGuard
 
-    low, span = torch.tensor([-4.0, -4.0]), torch.tensor([8.0, 8.0])
+    guard = WellGuard(1.0, torch.tensor([-4.0, -4.0]), torch.tensor([8.0, 8.0]))
     e_pos = torch.tensor([0.0, 0.7, 2.0])  # the floor is min - 1 = -1
     g = torch.Generator().manual_seed(0)
     flat = _Well(0.0, [0.0, 0.0], offset=-3.0)  # 2 nats below the floor everywhere
-    assert _well_loss(flat, e_pos, low, span, g).item() == pytest.approx(4.0)
+    assert guard(flat, e_pos, g).item() == pytest.approx(4.0)
+    assert WellGuard(0.5, guard.low, guard.span)(flat, e_pos, g).item() == pytest.approx(2.0)
     above = _Well(0.0, [0.0, 0.0], offset=-0.5)  # nowhere below the floor
-    assert _well_loss(above, e_pos, low, span, g).item() == 0.0
+    assert guard(above, e_pos, g).item() == 0.0
     well = _Well(20.0, [3.0, 3.0])
-    loss = _well_loss(well, e_pos, low, span, g)
+    loss = guard(well, e_pos, g)
     loss.backward()
     assert float(loss) > 0 and float(well.depth.grad) > 0  # descent makes the well shallower
     assert WELL_PROBES >= 32

@@ -4,16 +4,17 @@ import numpy as np
 import torch
 
 from skdcd import CDEnergyEstimator
+from skdcd._objectives import CDObjective
 from skdcd.networks import EnvelopedEnergy
 from tests.conftest import FAST, QuadraticEnergy
 
 
 def test_cd_negatives_are_k_langevin_steps_from_the_data():
-    est = CDEnergyEstimator(n_steps=1, step_size=0.01)
+    objective = CDObjective(0.0, None, n_steps=1, step_size=0.01)
     net = EnvelopedEnergy(QuadraticEnergy(2).double(), None)
     x = torch.ones(4, 2, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
-    x_neg = est._negatives(net, x, g)
+    x_neg = objective.negatives(net, x, g)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(4, 2, generator=g, dtype=torch.float64)
     # one ULA step on E = ½‖x‖²: x - η x + sqrt(2η) ξ
@@ -21,10 +22,10 @@ def test_cd_negatives_are_k_langevin_steps_from_the_data():
 
 
 def test_long_cd_chains_reach_the_model():
-    est = CDEnergyEstimator(n_steps=2000, step_size=0.01)
+    objective = CDObjective(0.0, None, n_steps=2000, step_size=0.01)
     net = EnvelopedEnergy(QuadraticEnergy(2, [1.0, -1.0], [0.0, 0.0]).double(), None)
     x = torch.zeros(4000, 2, dtype=torch.float64)
-    x_neg = est._negatives(net, x, torch.Generator().manual_seed(0))
+    x_neg = objective.negatives(net, x, torch.Generator().manual_seed(0))
     torch.testing.assert_close(x_neg.mean(0), torch.tensor([1.0, -1.0], dtype=torch.float64),
                                atol=0.06, rtol=0)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from skdcd import DCDEnergyEstimator
+from skdcd._objectives import DCDObjective, PosteriorNegatives
 from skdcd.diffusion import gaussian_dcd
 from skdcd.networks import EnvelopedEnergy
 from tests.conftest import FAST, QuadraticEnergy
@@ -27,12 +28,20 @@ def _closed_form_grad(sigma, diffusion, h=1e-5):
                      for e in np.eye(len(theta))])
 
 
-def _estimator_grad(est, n=20000, seed=0):
+def _objective(diffusion="ve", noise_std=0.1, sampler="importance", n_proposals=48,
+               steps=10, step_size=0.1, n_negatives=8, wide=None):
+    """The DCD objective of these settings (no penalty, no well guard)."""
+    return DCDObjective(0.0, None, diffusion=diffusion, noise_std=noise_std, wide=wide,
+                        posterior=PosteriorNegatives(sampler, steps, step_size, n_proposals,
+                                                     n_negatives))
+
+
+def _estimator_grad(objective, n=20000, seed=0):
     g = torch.Generator().manual_seed(seed)
     net = EnvelopedEnergy(QuadraticEnergy(2, MEAN_Q, LOG_PREC_Q).double(), None)
     x_pos = (torch.as_tensor(MEAN_P) + torch.as_tensor(np.sqrt(VAR_P))
              * torch.randn(n, 2, generator=g, dtype=torch.float64))
-    neg_mean, _ = est._negative_energies(net, x_pos, g)  # what the training loop uses
+    neg_mean, _ = objective.negative_energies(net, x_pos, g)  # what the training loop uses
     loss = net(x_pos).mean() - neg_mean  # the surrogate, without the penalty
     loss.backward()
     q = net.net
@@ -44,20 +53,18 @@ def _estimator_grad(est, n=20000, seed=0):
                                                   ("importance", 1), ("mala", None)])
 def test_gradient_matches_finite_difference_of_closed_form_dcd(diffusion, sigma, sampler,
                                                                n_negatives):
-    est = DCDEnergyEstimator(diffusion=diffusion, noise_std=sigma, negative_sampler=sampler,
-                             n_proposals=256, posterior_steps=60, posterior_step_size=0.3,
-                             n_negatives=n_negatives)
+    objective = _objective(diffusion=diffusion, noise_std=sigma, sampler=sampler,
+                           n_proposals=256, steps=60, step_size=0.3, n_negatives=n_negatives)
     expected = _closed_form_grad(sigma, diffusion)
-    got = np.mean([_estimator_grad(est, seed=s) for s in range(3)], axis=0)
+    got = np.mean([_estimator_grad(objective, seed=s) for s in range(3)], axis=0)
     assert np.abs(expected).max() > 0.1  # the oracle is not trivially zero
     np.testing.assert_allclose(got, expected, atol=0.02)
 
 
 def test_gradient_of_the_wrong_kernel_does_not_match():
     # guards the test above: VE negatives do not reproduce the VP gradient
-    est = DCDEnergyEstimator(diffusion="ve", noise_std=0.6, negative_sampler="mala",
-                             posterior_steps=60, posterior_step_size=0.3)
-    got = np.mean([_estimator_grad(est, seed=s) for s in range(3)], axis=0)
+    objective = _objective(noise_std=0.6, sampler="mala", steps=60, step_size=0.3)
+    got = np.mean([_estimator_grad(objective, seed=s) for s in range(3)], axis=0)
     assert np.abs(got - _closed_form_grad(0.6, "vp")).max() > 0.05
 
 
@@ -74,12 +81,11 @@ def test_the_four_negative_samplers_agree_on_a_gaussian_model(diffusion):
     step = {"langevin": (300, 0.02), "mala": (40, 0.2)}
     for sampler in ["importance", "langevin", "mala", "laplace"]:
         n_steps, step_size = step.get(sampler, (1, 0.1))
-        est = DCDEnergyEstimator(diffusion=diffusion, noise_std=sigma, negative_sampler=sampler,
-                                 n_proposals=64, posterior_steps=n_steps,
-                                 posterior_step_size=step_size)
+        objective = _objective(diffusion=diffusion, noise_std=sigma, sampler=sampler,
+                               n_proposals=64, steps=n_steps, step_size=step_size)
         g = torch.Generator().manual_seed(0)
         # fix x_t: subtract the noise the sampler adds by drawing it ourselves
-        x_neg = est._negatives(net, x0, g).numpy()
+        x_neg = objective.posterior.draw(net, *objective.noised(x0, g), g).numpy()
         g = torch.Generator().manual_seed(0)
         noise = torch.randn(n, 2, generator=g, dtype=torch.float64).numpy()
         x_t = alpha * x0.numpy() + sigma * noise
@@ -118,6 +124,12 @@ def test_gaussian_fit_recovers_the_covariance_and_floors_missing_directions():
     assert lam[0] > 10 * floor
 
 
+def _fitted(d=2, **params):
+    X = np.random.RandomState(0).randn(40, d)
+    return DCDEnergyEstimator(max_iter=1, hidden_layer_sizes=(4,), conv_channels=(2,),
+                              recovery_steps=1, random_state=0, **params).fit(X)
+
+
 @pytest.mark.parametrize(("params", "expected"), [
     ({}, 0.003),  # importance negatives: the weaker pull of the benchmarks' best mean gap
     ({"negative_sampler": "mala"}, 0.01),
@@ -125,7 +137,7 @@ def test_gaussian_fit_recovers_the_covariance_and_floors_missing_directions():
     ({"energy_reg": 0.2}, 0.2),
 ])
 def test_energy_reg_auto(params, expected):
-    assert DCDEnergyEstimator(**params)._energy_reg() == expected
+    assert _fitted(**params).energy_reg_ == expected
 
 
 @pytest.mark.parametrize(("params", "wide"), [
@@ -135,17 +147,32 @@ def test_energy_reg_auto(params, expected):
     ({"diffusion": "vp"}, False),  # VP would need σ < 1
     ({"negative_sampler": "mala"}, False),  # chains do not cross modes at wide levels
     ({"image_shape": (1, 1, 2)}, False),  # time-conditional: its own ladder
-    ({"_d": 64}, False),  # too many features for a wide posterior
+    ({"d": 64}, False),  # too many features for a wide posterior
 ])
 def test_auto_noise_mixes_in_wide_levels_only_for_importance_negatives(params, wide):
-    params = dict(params)
-    d = params.pop("_d", 2)
-    est = DCDEnergyEstimator(**params)
-    assert (est._wide_noise(d) is not None) == wide
-    assert (est._proposal_data(torch.zeros(3, d)) is not None) == wide
-    if wide or params.get("noise_std") == 0.1:
-        _, _, sigma = est._noised(torch.zeros(4000, 2), torch.Generator().manual_seed(0))
-        assert abs(float((sigma > 0.1).float().mean()) - (0.25 if wide else 0.0)) < 0.03
+    est = _fitted(**params)
+    assert (est.wide_noise_ is not None) == wide
+    if not est.time_conditional_:
+        assert est.noise_std_ == params.get("noise_std", 0.1)
+
+
+@pytest.mark.parametrize("wide", [(0.25, 0.2, 1.0), None])
+def test_wide_levels_take_their_fraction_of_the_batch_and_lend_it_proposals(wide):
+    objective = _objective(wide=wide)
+    _, _, sigma = objective.noised(torch.zeros(4000, 2), torch.Generator().manual_seed(0))
+    assert abs(float((sigma > 0.1).float().mean()) - (0.25 if wide else 0.0)) < 0.03
+    calls = []
+
+    def laplace_proposals(*args, data=None, **kwargs):
+        calls.append(data)
+        raise StopIteration
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("skdcd.samplers.laplace_proposals", laplace_proposals)
+        with pytest.raises(StopIteration):
+            objective.negative_energies(lambda x: x.sum(1), torch.zeros(3, 2),
+                                        torch.Generator().manual_seed(0))
+    assert (calls[0] is not None) == (wide is not None)
 
 
 def test_partial_fit_on_rows_at_the_float_limit_does_not_crash_the_data_proposals():
@@ -165,7 +192,7 @@ def test_partial_fit_on_rows_at_the_float_limit_does_not_crash_the_data_proposal
 def test_only_the_resampled_negatives_are_back_propagated(n_negatives):
     # the cost that n_negatives saves: the forward pass over all proposals runs without a
     # graph, and the graph holds n_negatives rows per example
-    est = DCDEnergyEstimator(noise_std=0.1, n_proposals=48, n_negatives=n_negatives)
+    posterior = PosteriorNegatives("importance", 10, 0.1, 48, n_negatives)
     net = EnvelopedEnergy(QuadraticEnergy(2, MEAN_Q, LOG_PREC_Q).double(), None)
     calls = []
 
@@ -175,7 +202,7 @@ def test_only_the_resampled_negatives_are_back_propagated(n_negatives):
 
     x_t = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     one = torch.ones(16, 1, dtype=torch.float64)
-    est._posterior_energies(energy_fn, x_t, one, 0.1 * one, torch.Generator().manual_seed(1))
+    posterior.energies(energy_fn, x_t, one, 0.1 * one, torch.Generator().manual_seed(1))
     graphs = [rows for rows, grad in calls if grad and rows != 16]  # not the Laplace fit's
     assert graphs == [16 * (n_negatives or 48)]
     if n_negatives:

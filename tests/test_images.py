@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from skdcd import CDEnergyEstimator, DCDEnergyEstimator
+from skdcd._objectives import LadderObjective, PosteriorNegatives
 from skdcd.datasets import load_digits_images, load_image_folder
 from skdcd.networks import AtNoiseLevel, ConvEnergy, EnvelopedEnergy, MLPEnergy
 from skdcd.samplers import recovery_sample
@@ -272,10 +273,10 @@ def test_a_format_1_file_with_one_gaussian_envelope_still_loads(images, tmp_path
     ((3, 8, 8), 3000, 1),  # beyond 128 features: one Gaussian
 ])
 def test_envelope_components_auto(shape, rows, expected):
-    est = DCDEnergyEstimator(time_conditional=True, image_shape=shape)
-    assert est._envelope_components(np.zeros((rows, math.prod(shape)))) == expected
-    assert DCDEnergyEstimator(envelope_components=3)._envelope_components(
-        np.zeros((2, 5))) == 2  # never more components than rows
+    from skdcd._dcd import _envelope_components
+
+    assert _envelope_components("auto", rows, math.prod(shape)) == expected
+    assert _envelope_components(3, 2, 5) == 2  # never more components than rows
 
 
 # ---------------------------------------------------------------------------- precision, compile
@@ -378,14 +379,24 @@ def test_the_widest_level_is_trained_and_sampled_like_the_diffused_data():
     est = DCDEnergyEstimator(time_conditional=True, hidden_layer_sizes=(32, 32),
                              max_iter=40, random_state=0).fit(X)
     top = est.noise_levels_[-1]
-    net = est._energy_module(torch.float32, torch.device("cpu")).energy
-    from skdcd._base import _generator_from_random_state
-    from skdcd._progress import ProgressBar, anneal_callback
+    from skdcd._inference import LadderModel
+    from skdcd._utils import generator_from_random_state
 
-    with ProgressBar(1, "", 0) as bar:
-        x = est._smc_sample(AtNoiseLevel(net, top), 2000, _generator_from_random_state(0, "cpu"),
-                            anneal_callback(bar), widen=top)
+    model = LadderModel(est.energy_net_, torch.device("cpu"), est._base_mean, est._base_std,
+                        est._z_low, est._z_high, est.sample_steps, est.sample_step_size,
+                        levels=est.noise_levels_)
+    net = model.module(torch.float32).energy
+    x = model._smc(AtNoiseLevel(net, top), 2000, generator_from_random_state(0, "cpu"), None,
+                   widen=top)
     assert float(x.std()) == pytest.approx(math.sqrt(1 + top**2), rel=0.15)
+
+
+def ladder_objective(est):
+    """The training objective of a fitted time-conditional estimator, from its attributes."""
+    posterior = PosteriorNegatives(est.negative_sampler_, est.posterior_steps,
+                                   est.posterior_step_size, est.n_proposals, est.n_negatives)
+    return LadderObjective(est.energy_reg_, None, levels=tuple(map(float, est.noise_levels_)),
+                           posterior=posterior, envelope=est.energy_net_)
 
 
 class ZeroLevels(nn.Module):
@@ -427,7 +438,7 @@ def test_time_conditional_negatives_have_the_data_energy_when_the_envelope_is_ex
                              random_state=0).fit(X)
     net = est.energy_net_
     x_pos = torch.as_tensor(est._standardize(X), dtype=torch.float32)
-    e_pos, neg_mean, _ = est._contrastive_terms(net, x_pos, torch.Generator().manual_seed(0))
+    e_pos, neg_mean, _ = ladder_objective(est).terms(net, x_pos, torch.Generator().manual_seed(0))
     # the energies of d-dimensional Gaussian data spread by sqrt(d / 2) = 4 nats
     assert float((e_pos.mean() - neg_mean).detach()) == pytest.approx(0.0, abs=0.25)
 
@@ -449,7 +460,7 @@ def test_time_conditional_negatives_have_the_data_energy_with_an_exact_mixture_e
     net.set_gaussian(centers, np.stack([np.eye(d)] * 2), stds**2, [1.0, 1.0],
                      weights=[0.5, 0.5])
     x_pos = torch.as_tensor(X, dtype=torch.float32)
-    e_pos, neg_mean, _ = est._contrastive_terms(net, x_pos, torch.Generator().manual_seed(0))
+    e_pos, neg_mean, _ = ladder_objective(est).terms(net, x_pos, torch.Generator().manual_seed(0))
     assert float((e_pos.mean() - neg_mean).detach()) == pytest.approx(0.0, abs=0.25)
 
 
@@ -518,7 +529,7 @@ def test_time_conditional_training_draws_levels_over_the_whole_span():
         return est.energy_net_(x, sigma)
 
     x_pos = torch.as_tensor(est._standardize(X), dtype=torch.float32)
-    est._contrastive_terms(recording, x_pos, torch.Generator().manual_seed(0))
+    ladder_objective(est).terms(recording, x_pos, torch.Generator().manual_seed(0))
     ladder = est.noise_levels_
     levels = torch.cat(seen).double().numpy()
     trained = levels[levels <= ladder[-1] * (1 + 1e-6)]
