@@ -2,13 +2,14 @@
 
 Every MCMC sampler shares one signature, ``sampler(energy_fn, x, *, n_steps, step_size,
 generator) -> x``, where ``energy_fn`` maps ``(n, d)`` to ``(n,)`` and ``step_size`` is a
-float or an ``(n, 1)`` tensor (one step per chain). Every adaptive MALA loop is
-:func:`adaptive_mala_step` (:func:`adaptive_mala`, :func:`tune_mala_step`, :func:`anneal`,
-:func:`recovery_sample`). The posterior samplers used by DCD
-(:func:`laplace_proposals` with :func:`importance_weights`, :func:`importance_posterior`,
-:func:`laplace_posterior`) and the annealed sampler
-(:func:`anneal`, shared by sequential Monte Carlo sampling and AIS) and the recovery sampler of
-noise-conditional energies (:func:`recovery_sample`) build on them.
+float or an ``(n, 1)`` tensor (one step per chain). The Langevin building blocks
+(:func:`ula`, :func:`mala_step`, :func:`mala`, :func:`adapt_step_size`) and one adaptive
+MALA loop (:func:`adaptive_mala`, with :func:`tune_mala_step`), whose step also serves
+:func:`anneal` and :func:`recovery_sample`, live in ``skdcd._mcmc`` and are documented
+here. The posterior samplers used by DCD (:func:`laplace_proposals` with
+:func:`importance_weights`, :func:`importance_posterior`, :func:`laplace_posterior`), the
+annealed sampler (:func:`anneal`, shared by sequential Monte Carlo sampling and AIS) and
+the recovery sampler of noise-conditional energies (:func:`recovery_sample`) build on them.
 """
 
 from __future__ import annotations
@@ -19,279 +20,30 @@ from dataclasses import dataclass
 
 import torch
 
+from skdcd._mcmc import (
+    TARGET_ACCEPTANCE,
+    _adaptive_mala_step,
+    _randn_like,
+    adapt_step_size,
+    adaptive_mala,
+    energy_and_grad,
+    mala,
+    mala_step,
+    tune_mala_step,
+    ula,
+)
 from skdcd.diffusion import EnergyFn
 
-TARGET_ACCEPTANCE = 0.574  # optimal MALA acceptance rate (Roberts & Rosenthal, 1998)
+__all__ = [
+    "TARGET_ACCEPTANCE", "AnnealResult", "adapt_step_size", "adaptive_mala", "anneal",
+    "energy_and_grad", "gaussian_proposals", "importance_posterior", "importance_weights",
+    "laplace_posterior", "laplace_proposals", "mala", "mala_step", "recovery_sample",
+    "sigmoid_schedule", "systematic_resample", "tune_mala_step", "ula",
+]
+for _f in (adapt_step_size, adaptive_mala, energy_and_grad, mala, mala_step, tune_mala_step, ula):
+    _f.__module__ = __name__  # documented here, where users import them from
+
 _DATA_CENTRES = 1024  # at most this many rows of data behind the data proposals
-
-
-def energy_and_grad(energy_fn: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``U(x)`` (shape ``(n,)``) and ``∇U(x)`` (shape ``(n, d)``), both detached.
-
-    Only ``x`` is differentiated, so no gradient reaches network parameters.
-
-    Examples
-    --------
-    >>> import torch
-    >>> energy_fn = lambda x: 0.5 * x.pow(2).sum(dim=1)
-    >>> x = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
-    >>> energy, grad = energy_and_grad(energy_fn, x)
-    >>> energy
-    tensor([2.5000, 0.5000])
-    >>> torch.equal(grad, x), grad.requires_grad  # ∇(‖x‖² / 2) = x, detached
-    (True, False)
-    """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        energy = energy_fn(x)
-        grad = None
-        if energy.requires_grad:  # else an energy constant in x
-            (grad,) = torch.autograd.grad(energy.sum(), x, allow_unused=True)
-    return energy.detach(), torch.zeros_like(x) if grad is None else grad.detach()
-
-
-def _randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
-def ula(
-    energy_fn: EnergyFn, x: torch.Tensor, *, n_steps: int, step_size: float | torch.Tensor,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Unadjusted Langevin algorithm: ``x ← x - η ∇U(x) + sqrt(2η) ξ``.
-
-    The chain targets ``exp(-U)`` up to an ``O(η)`` bias; there is no accept/reject step.
-
-    Examples
-    --------
-    >>> import torch
-    >>> energy_fn = lambda x: 0.5 * x.pow(2).sum(dim=1)  # standard normal target
-    >>> g = torch.Generator().manual_seed(0)
-    >>> x = ula(energy_fn, torch.full((2000, 2), 3.0), n_steps=200, step_size=0.05,
-    ...         generator=g)
-    >>> x.shape
-    torch.Size([2000, 2])
-    >>> bool(abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1.0) < 0.1)
-    True
-    """
-    x = x.detach()
-    noise_scale = torch.sqrt(2.0 * torch.as_tensor(step_size, dtype=x.dtype, device=x.device))
-    for _ in range(n_steps):
-        _, grad = energy_and_grad(energy_fn, x)
-        x = x - step_size * grad + noise_scale * _randn_like(x, generator)
-    return x
-
-
-def mala_step(
-    energy_fn: EnergyFn, x: torch.Tensor, energy: torch.Tensor, grad: torch.Tensor,
-    step_size: float | torch.Tensor, generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Metropolis-adjusted Langevin step (Roberts & Tweedie, 1996).
-
-    Proposal ``x' = x - η ∇U(x) + sqrt(2η) ξ``, accepted with probability
-    ``min(1, exp(U(x) - U(x')) q(x | x') / q(x' | x))``, where
-    ``log q(x' | x) = -‖x' - x + η ∇U(x)‖² / (4η)``.
-
-    Returns
-    -------
-    x, energy, grad : torch.Tensor
-        The new state, its energy and gradient.
-    accepted : torch.Tensor
-        Boolean, shape ``(n,)``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> energy_fn = lambda x: 0.5 * x.pow(2).sum(dim=1)
-    >>> g = torch.Generator().manual_seed(0)
-    >>> x = torch.zeros(4, 2)
-    >>> energy, grad = energy_and_grad(energy_fn, x)
-    >>> x, energy, grad, accepted = mala_step(energy_fn, x, energy, grad, 0.1, g)
-    >>> x.shape, accepted.shape, accepted.dtype
-    (torch.Size([4, 2]), torch.Size([4]), torch.bool)
-    >>> bool(torch.allclose(energy, energy_fn(x)))  # the state carries its own energy
-    True
-    """
-    step = torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
-    proposal = x - step * grad + torch.sqrt(2.0 * step) * _randn_like(x, generator)
-    energy_new, grad_new = energy_and_grad(energy_fn, proposal)
-    step_rows = step.reshape(-1) if step.ndim else step  # (n,) or scalar
-
-    def log_q(to: torch.Tensor, frm: torch.Tensor, grad_frm: torch.Tensor) -> torch.Tensor:
-        return -(to - frm + step * grad_frm).pow(2).sum(dim=1) / (4.0 * step_rows)
-
-    log_accept = (energy - energy_new + log_q(x, proposal, grad_new)
-                  - log_q(proposal, x, grad))
-    u = torch.rand(log_accept.shape, generator=generator, device=x.device, dtype=x.dtype)
-    accepted = torch.log(u) < log_accept  # NaN proposals are rejected
-    keep = accepted.unsqueeze(1)
-    return (torch.where(keep, proposal, x), torch.where(accepted, energy_new, energy),
-            torch.where(keep, grad_new, grad), accepted)
-
-
-def mala(
-    energy_fn: EnergyFn, x: torch.Tensor, *, n_steps: int, step_size: float | torch.Tensor,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Metropolis-adjusted Langevin algorithm: :func:`mala_step` repeated ``n_steps`` times.
-
-    Exact for ``exp(-U)`` in the limit of many steps, for any step size.
-
-    Examples
-    --------
-    >>> import torch
-    >>> energy_fn = lambda x: 0.5 * x.pow(2).sum(dim=1)  # standard normal target
-    >>> g = torch.Generator().manual_seed(0)
-    >>> x = mala(energy_fn, torch.full((2000, 2), 3.0), n_steps=100, step_size=0.5,
-    ...          generator=g)
-    >>> x.shape
-    torch.Size([2000, 2])
-    >>> bool(abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1.0) < 0.1)
-    True
-    """
-    x = x.detach()
-    energy, grad = energy_and_grad(energy_fn, x)
-    for _ in range(n_steps):
-        x, energy, grad, _ = mala_step(energy_fn, x, energy, grad, step_size, generator)
-    return x
-
-
-def adapt_step_size(step_size: torch.Tensor, acceptance: torch.Tensor) -> torch.Tensor:
-    """Robbins–Monro style update toward :data:`TARGET_ACCEPTANCE` (works per chain too).
-
-    Examples
-    --------
-    >>> import torch
-    >>> step = torch.tensor(0.1)
-    >>> bool(adapt_step_size(step, torch.tensor(0.9)) > step)  # accepts too often: grow
-    True
-    >>> bool(adapt_step_size(step, torch.tensor(0.1)) < step)  # too rarely: shrink
-    True
-    >>> bool(torch.isclose(adapt_step_size(step, torch.tensor(TARGET_ACCEPTANCE)), step))
-    True
-    """
-    return step_size * torch.exp(2.0 * (acceptance - TARGET_ACCEPTANCE))
-
-
-def adaptive_mala_step(
-    energy_fn: EnergyFn, x: torch.Tensor, energy: torch.Tensor, grad: torch.Tensor,
-    step_size: torch.Tensor, generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One :func:`mala_step`, then :func:`adapt_step_size` on its acceptance.
-
-    A step of shape ``(n, 1)`` adapts per chain to each chain's own acceptance; a scalar step
-    adapts to the mean acceptance. Every adaptive MALA loop of the package is this step.
-
-    Returns
-    -------
-    x, energy, grad : torch.Tensor
-        The new state, its energy and gradient.
-    step_size : torch.Tensor
-        The adapted step, shaped like the given one.
-
-    Examples
-    --------
-    >>> import torch
-    >>> energy_fn = lambda x: 0.5 * x.pow(2).sum(dim=1)
-    >>> g = torch.Generator().manual_seed(0)
-    >>> x = torch.zeros(3, 2)
-    >>> energy, grad = energy_and_grad(energy_fn, x)
-    >>> step = torch.full((3, 1), 0.1)
-    >>> _, _, _, step = adaptive_mala_step(energy_fn, x, energy, grad, step, g)
-    >>> step.shape  # one step per chain
-    torch.Size([3, 1])
-    """
-    x, energy, grad, accepted = mala_step(energy_fn, x, energy, grad, step_size, generator)
-    rate = accepted.to(x.dtype)
-    step_size = adapt_step_size(step_size, rate.unsqueeze(1) if step_size.ndim else rate.mean())
-    return x, energy, grad, step_size
-
-
-def adaptive_mala(
-    energy_fn: EnergyFn, x: torch.Tensor, *, n_steps: int, step_size: torch.Tensor,
-    generator: torch.Generator, burn_in: int | None = None,
-) -> torch.Tensor:
-    """MALA whose step adapts toward :data:`TARGET_ACCEPTANCE` (:func:`adaptive_mala_step`).
-
-    Parameters
-    ----------
-    energy_fn : callable
-        ``U``, mapping ``(n, d)`` to ``(n,)``.
-    x : torch.Tensor
-        Starting states, shape ``(n, d)``.
-    n_steps : int
-        Number of steps.
-    step_size : torch.Tensor
-        Initial step: a scalar (one for all chains) or shape ``(n, 1)`` (one per chain).
-    generator : torch.Generator
-        Source of randomness.
-    burn_in : int or None, default=None
-        ``None``: adapt at every step and return the last state. Otherwise adapt during the
-        first ``burn_in`` steps only and return the running mean of the states after them
-        (a posterior-mean estimate).
-
-    Returns
-    -------
-    torch.Tensor
-        Shape ``(n, d)``, detached.
-
-    Examples
-    --------
-    The mean of a chain on ``N(1, I)``:
-
-    >>> import torch
-    >>> energy_fn = lambda x: 0.5 * (x - 1).pow(2).sum(dim=1)
-    >>> g = torch.Generator().manual_seed(0)
-    >>> mean = adaptive_mala(energy_fn, torch.zeros(500, 2), n_steps=400,
-    ...                      step_size=torch.full((500, 1), 0.1), generator=g, burn_in=100)
-    >>> bool(torch.allclose(mean.mean(dim=0), torch.ones(2), atol=0.05))
-    True
-    """
-    x = x.detach()
-    energy, grad = energy_and_grad(energy_fn, x)
-    n_adapt = n_steps if burn_in is None else burn_in
-    mean = torch.zeros_like(x)
-    for k in range(n_steps):
-        if k < n_adapt:
-            x, energy, grad, step_size = adaptive_mala_step(energy_fn, x, energy, grad,
-                                                            step_size, generator)
-        else:
-            x, energy, grad, _ = mala_step(energy_fn, x, energy, grad, step_size, generator)
-            # a running mean: a sum of rows near the float64 limit would overflow
-            mean += (x - mean) / (k - n_adapt + 1)
-    return x if burn_in is None else mean
-
-
-def tune_mala_step(
-    energy_fn: EnergyFn, x: torch.Tensor, step_size: float, generator: torch.Generator,
-    n_rounds: int = 20,
-) -> torch.Tensor:
-    """One MALA step size for the states ``x``, adapted on ``n_rounds`` throw-away moves.
-
-    Every round proposes a move from ``x`` itself (the states never change) and adapts the
-    step to the round's mean acceptance (:func:`adaptive_mala_step`).
-
-    Returns
-    -------
-    torch.Tensor
-        The step, a scalar.
-
-    Examples
-    --------
-    For ``N(0, I)`` in 100 dimensions a step of 1 is far too large, and it shrinks:
-
-    >>> import torch
-    >>> energy_fn = lambda x: 0.5 * x.pow(2).sum(dim=1)
-    >>> g = torch.Generator().manual_seed(0)
-    >>> x = torch.randn(256, 100, generator=g)
-    >>> bool(tune_mala_step(energy_fn, x, 1.0, g) < 0.5)
-    True
-    """
-    step = torch.tensor(float(step_size), dtype=x.dtype, device=x.device)
-    energy, grad = energy_and_grad(energy_fn, x)
-    for _ in range(n_rounds):
-        _, _, _, step = adaptive_mala_step(energy_fn, x, energy, grad, step, generator)
-    return step
 
 
 def gaussian_proposals(
@@ -341,19 +93,14 @@ def laplace_proposals(
     density never falls below half the kernel's).
 
     Where the posterior is narrower than the kernel, kernel proposals alone rarely land in
-    it and their self-normalised weights are biased: for a Gaussian energy of standard
-    deviation ``s / 2`` and 32 proposals, the posterior mean energy came out 32 % too high
-    from the kernel, 0.3 % from this mixture.
+    it and their self-normalised weights are biased; the Laplace half lands there.
 
     Given ``data`` (the clean batch, ``(n_data, d)``; a random 1,024 of its rows if it has
-    more), a third of the proposals instead come
-    from the data's own posterior: a row ``x_i`` of ``data`` drawn with probability
-    ``∝ N(x_t; α x_i, σ² I)``, plus ``N(0, bandwidth² I)``. Where ``σ`` reaches across
-    several narrow modes, neither the kernel nor a Newton step from ``m`` finds them all, but
-    the data lie in them. For two 2-D modes of standard deviation 0.05, one apart and
-    weighted 3 : 1, seen at ``σ = 0.8`` with 48 proposals, kernel and fit gave the heavier
-    mode 0.12 too little posterior mass on average (towards equal weights); with data
-    proposals, 0.005 (``tests/test_samplers.py``).
+    more), a third of the proposals instead come from the data's own posterior: a row
+    ``x_i`` of ``data`` drawn with probability ``∝ N(x_t; α x_i, σ² I)``, plus
+    ``N(0, bandwidth² I)``. Where ``σ`` reaches across several narrow modes, neither the
+    kernel nor a Newton step from ``m`` finds them all, but the data lie in them
+    (``tests/test_samplers.py`` measures both biases).
 
     Returns
     -------
@@ -711,7 +458,7 @@ def anneal(
             return beta * energy_fn(y) - (1.0 - beta) * log_base(y)
 
         grad_base = -(x - base_mean) / base_std**2  # ∇ log_base
-        x, _, _, step = adaptive_mala_step(tempered, x, beta * energy - (1.0 - beta) * base,
+        x, _, _, step = _adaptive_mala_step(tempered, x, beta * energy - (1.0 - beta) * base,
                                            beta * grad - (1.0 - beta) * grad_base, step,
                                            generator)
         if callback is not None:
