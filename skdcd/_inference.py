@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
+from sklearn.utils.validation import check_is_fitted
 
 from skdcd import partition, samplers
 from skdcd._progress import ProgressBar, anneal_callback
-from skdcd._utils import fill_in_chunks, generator_from_random_state, seeded_generator
+from skdcd._utils import (
+    fill_in_chunks,
+    generator_from_random_state,
+    runtime_device,
+    seeded_generator,
+)
 from skdcd.networks import AtNoiseLevel
 
 # rows per chunk, so that memory stays flat in the number of rows: without autograd
@@ -261,3 +269,218 @@ def minimise_rowwise(energy_fn, x: torch.Tensor, step_size: float,
         grad = torch.where(keep, grad_new, grad)
         step = torch.where(keep, step * 1.2, step * 0.5)
     return x
+
+
+class InferenceMixin:
+    """The public inference methods of the estimators: validate, convert units, delegate.
+
+    The estimator provides ``_model(device)`` (its fitted :class:`Model`), ``_validate_X``,
+    ``_standardize`` and ``_standardize_finite``, and the fitted ``mean_``, ``scale_``.
+    """
+
+    @property
+    def log_partition_(self) -> float:
+        """``log Z`` of ``exp(-energy(x))`` in input units (computed once, then cached)."""
+        check_is_fitted(self)
+        if "log_z" not in self._cache:
+            method = self.log_partition
+            if method == "auto":
+                method = "quadrature" if self.n_features_in_ <= 2 else "ais"
+            log_z, std_err = self._model(runtime_device(self.device)).log_partition(
+                method, n_grid=self.quadrature_n_grid, n_particles=self.ais_n_particles,
+                n_steps=self.ais_n_steps, seed=self._seed)
+            # from standardised to input units: dz = dx / prod(scale)
+            self._cache["log_z"] = log_z + float(np.sum(np.log(self.scale_)))
+            self._cache["log_z_std"] = std_err
+        return self._cache["log_z"]
+
+    @property
+    def log_partition_std_(self) -> float:
+        """Standard error of :attr:`log_partition_` (0 for quadrature, whose error is tiny)."""
+        self.log_partition_  # noqa: B018 - computes the cache
+        return self._cache["log_z_std"]
+
+    # ------------------------------------------------------------------ public inference
+    def energy(self, X: ArrayLike) -> np.ndarray:
+        """Unnormalised energy ``E(x)`` of each row, so that ``q(x) ∝ exp(-E(x))``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points in input units.
+
+        Returns
+        -------
+        energy : ndarray of shape (n_samples,)
+
+        Examples
+        --------
+        >>> from skdcd import DCDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, random_state=0)
+        >>> E = est.fit(X).energy(X[:4])
+        >>> E.shape, E.dtype
+        ((4,), dtype('float64'))
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
+        return self._model(runtime_device(self.device)).energies(self._standardize(X))
+
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
+        """Normalised log-density ``log q(x) = -E(x) - log Z`` of each row, in input units.
+
+        ``log Z`` comes from quadrature (``n_features <= 2``) or annealed importance
+        sampling, so scores of different models are comparable.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points in input units.
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import CDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = CDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, quadrature_n_grid=64,
+        ...                         random_state=0).fit(X)
+        >>> log_q = est.score_samples(X[:4])
+        >>> log_q.shape
+        (4,)
+        >>> bool(np.allclose(log_q, -est.energy(X[:4]) - est.log_partition_))
+        True
+        """
+        return -self.energy(X) - self.log_partition_
+
+    def score(self, X: ArrayLike, y: None = None) -> float:
+        """Mean log-likelihood of ``X`` under the model (higher is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points in input units.
+        y : None
+            Ignored; present for API consistency.
+
+        Returns
+        -------
+        score : float
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import DCDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, quadrature_n_grid=64,
+        ...                          random_state=0).fit(X)
+        >>> score = est.score(X)
+        >>> isinstance(score, float), bool(np.isclose(score, est.score_samples(X).mean()))
+        (True, True)
+        """
+        return float(np.mean(self.score_samples(X)))
+
+    def sample(self, n_samples: int = 1,
+               random_state: int | np.random.RandomState | None = None) -> np.ndarray:
+        """Draw samples from the fitted model.
+
+        Sequential Monte Carlo: particles from a Gaussian fitted to the training data are
+        annealed to the model along ``base^{1-β} exp(-βE)`` with MALA moves and resampled
+        whenever their weights degenerate, so separated modes get their right mass.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of samples.
+        random_state : int, RandomState instance or None, default=None
+            Seed for the sampler.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import CDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = CDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, sample_steps=16,
+        ...                         random_state=0).fit(X)
+        >>> samples = est.sample(5, random_state=0)
+        >>> samples.shape
+        (5, 2)
+        >>> bool(np.array_equal(samples, est.sample(5, random_state=0)))  # seeded: reproducible
+        True
+        """
+        check_is_fitted(self)
+        if (not isinstance(n_samples, Integral) or isinstance(n_samples, bool)
+                or n_samples < 1):
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        device = runtime_device(self.device)
+        generator = generator_from_random_state(random_state, device)
+        return self._model(device).sample(n_samples, generator) * self.scale_ + self.mean_
+
+    def denoise(self, X: ArrayLike, noise_std: float, method: str = "auto",
+                random_state: int | np.random.RandomState | None = None) -> np.ndarray:
+        """Estimate clean rows from ``X = clean + noise_std · N(0, I)`` under the model prior.
+
+        The posterior is ``q(x | y) ∝ exp(-E(x) - ‖y - x‖² / (2 noise_std²))``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Noisy observations, in input units.
+        noise_std : float
+            Standard deviation of the noise, in input units.
+        method : {"auto", "posterior_mean", "map", "tweedie"}, default="auto"
+            Posterior mean (MMSE; average of a MALA chain, ``sample_steps`` steps, half
+            burn-in), mode (MAP; gradient descent with per-row backtracking), or Tweedie's
+            formula ``x̂ = y - σ² ∇ₓE(y, σ)``, the exact posterior mean in one gradient, for
+            a time-conditional :class:`DCDEnergyEstimator` whose ladder spans the noise
+            level (in standardised units, the same for every feature, as with
+            ``image_shape``). ``"auto"``: Tweedie where it applies, else the posterior
+            mean.
+        random_state : int, RandomState instance or None, default=None
+            Seed for the MALA chain (unused by ``"map"``).
+
+        Returns
+        -------
+        X_denoised : ndarray of shape (n_samples, n_features)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import DCDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, sample_steps=16,
+        ...                          random_state=0).fit(X)
+        >>> noisy = X[:5] + 0.1 * np.random.default_rng(0).standard_normal((5, 2))
+        >>> est.denoise(noisy, noise_std=0.1, random_state=0).shape
+        (5, 2)
+        >>> est.denoise(noisy, noise_std=0.1, method="map").shape
+        (5, 2)
+        """
+        check_is_fitted(self)
+        if method not in DENOISE_METHODS:
+            raise ValueError(f"method must be 'auto', 'posterior_mean', 'map' or 'tweedie', "
+                             f"got {method!r}.")
+        if (not isinstance(noise_std, Real) or isinstance(noise_std, bool)
+                or not np.isfinite(noise_std) or noise_std <= 0):
+            raise ValueError(f"noise_std must be a positive finite number, got {noise_std!r}.")
+        X = self._validate_X(X, reset=False)
+        model = self._model(runtime_device(self.device))
+        Z = self._standardize_finite(X)
+        with np.errstate(over="ignore"):
+            var = (noise_std / self.scale_) ** 2  # (d,) noise variance in standardised units
+        if not np.isfinite(var).all() or not (var > 0).all():
+            raise ValueError(f"noise_std={noise_std!r} is out of range for data on the scale "
+                             f"of this model (scale_ up to {self.scale_.max():.3g}).")
+        return model.denoise(Z, var, method, random_state) * self.scale_ + self.mean_

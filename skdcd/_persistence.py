@@ -19,6 +19,7 @@ from numbers import Integral
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted
 
 from skdcd import __version__
 from skdcd._io import write_atomic
@@ -68,7 +69,7 @@ def upgrade_params(cls, params: dict) -> dict:
     return params
 
 
-def save(est, path: str | os.PathLike) -> None:
+def save_estimator(est, path: str | os.PathLike) -> None:
     """Write the fitted estimator ``est`` to ``path`` (see ``BaseEnergyEstimator.save``)."""
     params = est.get_params(deep=False)
     params["energy_net"] = None if est.energy_net is None else "custom"
@@ -99,7 +100,7 @@ def save(est, path: str | os.PathLike) -> None:
     write_atomic(path, lambda f: torch.save(payload, f))
 
 
-def load(cls, path: str | os.PathLike, energy_net=None):
+def load_estimator(cls, path: str | os.PathLike, energy_net=None):
     """Read an estimator of class ``cls`` (or, for the base class, the file's own) from ``path``."""
     payload = _read(cls, path)
     if inspect.isabstract(cls):  # the base class: whichever estimator the file holds
@@ -174,3 +175,78 @@ def _from_json(obj):
     if isinstance(obj, list):
         return [_from_json(v) for v in obj]
     return obj
+
+
+class PersistenceMixin:
+    """``save``/``load`` and pickling with version stamps, for the estimators."""
+
+    # renamed parameters of files and pickles from earlier versions: old -> (new, convert)
+    _PARAM_UPGRADES: dict = {}
+    # the fitted attributes that _resolve sets (re-derived for models saved before them)
+    _RESOLVED: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict:
+        return pickled_state(super().__getstate__())
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(unpickled_state(type(self), state))
+        self._upgrade_resolved()
+
+    def _upgrade_resolved(self) -> None:
+        """Resolve the settings of a fitted model saved before they were fitted attributes."""
+        if "energy_net_" in self.__dict__ and not all(
+                name in self.__dict__ for name in self._RESOLVED):
+            self._resolve(None)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the fitted model as tensors and JSON, loadable without unpickling code.
+
+        Unlike pickle or joblib, which can run arbitrary code when a file is loaded,
+        the file holds only tensors, numbers and strings, and :meth:`load` reads it with
+        ``torch.load(..., weights_only=True)``. A custom ``energy_net`` factory is not saved:
+        pass it again to :meth:`load`. A non-integer ``random_state`` is saved as ``None``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            File to write (conventionally ``.pt``); replaced atomically.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import DCDEnergyEstimator
+        >>> from skdcd.datasets import make_toy
+        >>> X = make_toy("two_moons", 200, random_state=0)
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, random_state=0)
+        >>> est = est.fit(X)
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "model.pt")
+        >>> est.save(path)
+        >>> again = DCDEnergyEstimator.load(path)
+        >>> bool(np.array_equal(again.energy(X), est.energy(X)))
+        True
+        """
+        check_is_fitted(self)
+        save_estimator(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, energy_net=None):
+        """Load a model written by :meth:`save`, without unpickling arbitrary objects.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by :meth:`save` for this estimator class.
+        energy_net : callable or None, default=None
+            The ``energy_net`` factory the model was fitted with, when it had a custom one.
+
+        Returns
+        -------
+        estimator : object
+            The fitted estimator, equal in results to the saved one.
+
+        Examples
+        --------
+        See :meth:`save`.
+        """
+        return load_estimator(cls, path, energy_net)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -44,3 +45,26 @@ def fill_in_chunks(out: Out, batch_size: int, chunk: Callable[[int, int], object
         stop = min(start + batch_size, n)
         out[start:stop] = chunk(start, stop)
     return out
+
+
+def fit_device(device: str | torch.device) -> torch.device:
+    """The torch device of the ``device`` parameter, checked."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a valid torch device.") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available.")
+    return resolved
+
+
+def runtime_device(device: str | torch.device) -> torch.device:
+    """Device for inference; a CUDA-fitted model falls back to CPU where CUDA is absent."""
+    try:
+        return fit_device(device)
+    except ValueError:
+        warnings.warn(f"device={device!r} is unavailable here; computing on the CPU.",
+                      RuntimeWarning, stacklevel=3)
+        return torch.device("cpu")

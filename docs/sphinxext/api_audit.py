@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
                         no_examples.append(f"{qual}.{mname}")
             if modname == "skdcd" and inspect.isclass(obj):  # inherited public methods
                 for base in obj.__mro__[1:]:
-                    if base.__module__ != "skdcd._base":
+                    if base.__module__ not in ("skdcd._base", "skdcd._persistence"):
                         continue
                     for mname, member in vars(base).items():
                         if mname.startswith("_"):
