@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
 import math
 import sys
 import textwrap
@@ -22,6 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from skdcd._io import (
+    CLIError,
+    _check_out,
+    _feature_names,
+    _save_array,
+    read_data,
+)
 from skdcd._io import write_atomic as _write_atomic
 
 ESTIMATORS = {"dcd": "DCDEnergyEstimator", "cd": "CDEnergyEstimator"}
@@ -41,153 +47,8 @@ EXAMPLES = """examples:
 Run `skdcd COMMAND --help` for the options of a command."""
 
 
-class CLIError(Exception):
-    """A failure to report as one line on stderr, with exit status ``code``.
-
-    Examples
-    --------
-    >>> error = CLIError("--out expects a file name", code=2)
-    >>> str(error), error.code
-    ('--out expects a file name', 2)
-    """
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# ---------------------------------------------------------------------- input and output
-def _parse_float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _read_csv(path: Path) -> np.ndarray:
-    """Rows of a CSV file as floats; the first row is a header when no field is a number."""
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    rows: list[list[float]] = []
-    width, header_seen = None, False
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        try:
-            for fields in reader:
-                line = reader.line_num
-                if not any(s.strip() for s in fields):
-                    continue  # blank line
-                values = [_parse_float(s.strip()) for s in fields]
-                if not rows and not header_seen and all(v is None for v in values):
-                    header_seen, width = True, len(fields)
-                    continue
-                if width is None:
-                    width = len(fields)
-                if len(fields) != width:
-                    raise CLIError(f"{path}, line {line}: expected {width} fields like the "
-                                   f"first row, got {len(fields)}")
-                for j, (text, value) in enumerate(zip(fields, values, strict=True)):
-                    if not text.strip():
-                        raise CLIError(f"{path}, line {line}, column {j + 1}: empty field "
-                                       "(missing values are not supported; drop or impute "
-                                       "these rows)")
-                    if value is None:
-                        raise CLIError(f"{path}, line {line}, column {j + 1}: not a number: "
-                                       f"{text.strip()[:40]!r}")
-                    if not math.isfinite(value):
-                        raise CLIError(f"{path}, line {line}, column {j + 1}: {text.strip()} "
-                                       "(NaN and infinite values are not supported; drop or "
-                                       "impute these rows)")
-                rows.append(values)  # type: ignore[arg-type]
-        except csv.Error as exc:
-            raise CLIError(f"{path}, line {reader.line_num}: malformed CSV: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise CLIError(f"{path} is not a UTF-8 text CSV file ({exc.reason}); "
-                           "use a .npy file for binary data") from exc
-    if not rows:
-        raise CLIError(f"{path} holds no data rows")
-    return np.asarray(rows, dtype=np.float64)
-
-
-def read_data(path: str) -> np.ndarray:
-    """Read DATA (CSV or ``.npy``) as a finite float array of shape (n_samples, n_features).
-
-    Parameters
-    ----------
-    path : str
-        A ``.npy`` file, or else a CSV file (tab-separated when it ends in ``.tsv``).
-
-    Returns
-    -------
-    X : ndarray of shape (n_samples, n_features)
-        The data.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from pathlib import Path
-    >>> import numpy as np
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     path = str(Path(tmp) / "data.csv")
-    ...     np.savetxt(path, [[1.0, 2.0], [3.0, 4.5]], delimiter=",", header="x0,x1",
-    ...                comments="")
-    ...     X = read_data(path)  # the header row is skipped
-    >>> X
-    array([[1. , 2. ],
-           [3. , 4.5]])
-    """
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"data file not found: {path}")
-    if p.is_dir():
-        raise CLIError(f"{path} is a folder, not a data file")
-    if p.suffix.lower() != ".npy":
-        return _read_csv(p)
-    try:
-        X = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise CLIError(f"cannot read {path} as a .npy array: {exc}") from exc
-    if not isinstance(X, np.ndarray) or X.ndim != 2:
-        raise CLIError(f"{path}: expected a 2-D array (n_samples, n_features), "
-                       f"got shape {getattr(X, 'shape', None)}")
-    if X.dtype.kind not in "iuf":
-        raise CLIError(f"{path}: expected a numeric array, got dtype {X.dtype}")
-    X = X.astype(np.float64)
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise CLIError(f"{path} holds no data (shape {X.shape})")
-    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
-    if bad.size:
-        raise CLIError(f"{path}: row {bad[0] + 1} (and {bad.size - 1} more) holds NaN or "
-                       "infinite values; drop or impute these rows")
-    return X
-
-
-def _check_out(path: str, suffixes: Sequence[str] | None = None) -> Path:
-    """Validate an output path before any work is done."""
-    p = Path(path)
-    if suffixes is not None and p.suffix.lower() not in suffixes:
-        raise CLIError(f"--out {path}: the file name must end in one of "
-                       f"{', '.join(suffixes)}", code=2)
-    if p.is_dir():
-        raise CLIError(f"--out {path} is a folder")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise CLIError(f"--out {path}: folder {parent} does not exist")
-    return p
-
-
-def _save_array(path: Path, X: np.ndarray, names: Sequence[str]) -> None:
-    if path.suffix.lower() == ".npy":
-        _write_atomic(path, lambda f: np.save(f, X))
-    else:
-        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-        _write_atomic(path, lambda f: np.savetxt(f, X, delimiter=delimiter, fmt="%.10g",
-                                                 header=delimiter.join(names), comments=""))
-
-
-def _feature_names(model: Any) -> list[str]:
-    names = getattr(model, "feature_names_in_", None)
-    return ([str(n) for n in names] if names is not None
-            else [f"x{j}" for j in range(model.n_features_in_)])
+for _obj in (CLIError, read_data):
+    _obj.__module__ = __name__  # documented here, with the command they serve
 
 
 def load_model(path: str) -> Any:
@@ -559,7 +420,6 @@ def build_parser() -> argparse.ArgumentParser:
     ('sample', 'model.joblib', 8, 's.npy')
     """
     from skdcd import __version__
-    from skdcd.datasets import TOY_NAMES
 
     raw = _HelpFormatter
     parser = argparse.ArgumentParser(prog="skdcd", description=__doc__.replace("``", ""),
@@ -568,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"skdcd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    for add in (_fit_parser, _score_parser, _sample_parser, _denoise_parser, _plot_parser,
+                _demo_parser):
+        add(sub, raw)
+    return parser
+
+
+def _fit_parser(sub, raw: type[argparse.HelpFormatter]) -> None:
     fit = sub.add_parser(
         "fit", formatter_class=raw, help="fit an estimator to DATA and save it",
         description="Fit DCDEnergyEstimator (dcd) or CDEnergyEstimator (cd) to DATA and save "
@@ -596,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "default 0)")
     fit.set_defaults(func=_fit)
 
+
+def _score_parser(sub, raw: type[argparse.HelpFormatter]) -> None:
     score = sub.add_parser(
         "score", formatter_class=raw, help="log-likelihood of DATA under a model",
         description="Print the mean normalised log-likelihood (nats per row) of DATA under "
@@ -611,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose(score, "AIS, if log Z is not saved with the model")
     score.set_defaults(func=_score)
 
+
+def _sample_parser(sub, raw: type[argparse.HelpFormatter]) -> None:
     sample = sub.add_parser(
         "sample", formatter_class=raw, help="draw samples from a model",
         description="Draw samples from MODEL (annealed sequential Monte Carlo) and write them "
@@ -625,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose(sample, "sampling")
     sample.set_defaults(func=_sample)
 
+
+def _denoise_parser(sub, raw: type[argparse.HelpFormatter]) -> None:
     denoise = sub.add_parser(
         "denoise", formatter_class=raw, help="denoise DATA under a model prior",
         description="Estimate clean rows from DATA = clean + NOISE_STD * N(0, I) under the "
@@ -645,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose(denoise, "long computations")
     denoise.set_defaults(func=_denoise)
 
+
+def _plot_parser(sub, raw: type[argparse.HelpFormatter]) -> None:
     plot = sub.add_parser(
         "plot", formatter_class=raw, help="plot a model (needs matplotlib)",
         description="Plot MODEL (needs matplotlib: pip install skdcd[plot]). --kind auto "
@@ -674,6 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose(plot, "sampling")
     plot.set_defaults(func=_plot)
 
+
+def _demo_parser(sub, raw: type[argparse.HelpFormatter]) -> None:
+    from skdcd.datasets import TOY_NAMES
+
     demo = sub.add_parser(
         "demo", formatter_class=raw, help="fit DCD on a 2-D toy and compare with the true NLL",
         description="Fit DCDEnergyEstimator on a 2-D toy density with a known log-density, "
@@ -695,7 +574,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true",
                       help="small network and cheap evaluation, for a smoke test")
     demo.set_defaults(func=_demo)
-    return parser
 
 
 def _one_line_warning(prefix: str) -> Callable[..., None]:
