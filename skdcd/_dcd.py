@@ -68,7 +68,8 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         ``energy_reg``, which pulls every mode to one level), while wide levels let each
         example's negatives weigh its neighbouring modes against one another, from the
         data proposals of ``n_proposals``. Beyond 16 features their posteriors are too
-        wide for the proposals (64-D, one seed: NLL gap 46 against 3.7 without them).
+        wide for the proposals (:ref:`defaults`). Fitted as ``noise_std_`` and
+        ``wide_noise_``.
     time_conditional : bool or "auto", default="auto"
         Learn a time-dependent energy ``E(x, σ)``, one EBM per noise level ``σ`` in the span
         of ``noise_std``, each the model of the data diffused (VE) to that level. Each
@@ -82,12 +83,10 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         ``noise_std[0]``). The energy reports ``E(x, σ_min)``. The well guard
         (``well_penalty``) does not apply. VE only.
         ``"auto"``: ``True`` for images (``image_shape`` set), unless ``diffusion="vp"``
-        or ``noise_std`` is one float; ``False`` otherwise. On the digits (3 seeds,
-        ``benchmarks/``) a marginal image energy denoised worse than the noisy input
-        (18.5 against 20.0 dB at σ = 0.1) and sampled blobs (MMD² 0.69, floor 0); a
-        time-conditional one denoised at 24.3 dB and sampled at the floor, in a shorter fit
-        (about 4 minutes on 2 CPU cores). A fitted model keeps its kind until the next fit
-        that is not a ``warm_start``, whatever its parameters say meanwhile.
+        or ``noise_std`` is one float; ``False`` otherwise: a marginal image energy
+        denoised worse than the noisy input on the digits (:ref:`defaults`). A fitted
+        model keeps its kind (``time_conditional_``) until the next fit that is not a
+        ``warm_start``, whatever its parameters say meanwhile.
     n_noise_levels : int or "auto", default="auto"
         Levels of the noise ladder (``time_conditional=True``). ``"auto"``: neighbouring
         levels a factor of about 1.5 apart, so that each posterior is narrow.
@@ -98,9 +97,8 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         misses, and at wide levels, where the diffused mixture is nearly exact, little.
         ``1``: one Gaussian (probabilistic PCA, up to 128 directions). ``"auto"``: 10
         full-covariance components, fewer with fewer than 20 training rows per feature,
-        and one Gaussian beyond 128 features, where full covariances cost too much. On the
-        digits (3 seeds each), ``"auto"`` denoised 0.1 / 0.6 / 1.2 dB better than one
-        Gaussian at σ = 0.1 / 0.2 / 0.4.
+        and one Gaussian beyond 128 features, where full covariances cost too much
+        (:ref:`defaults`).
     recovery_steps : int, default=20
         MALA moves per level of recovery sampling (``time_conditional=True``).
     negative_sampler : {{"auto", "importance", "langevin", "mala", "laplace"}}, default="auto"
@@ -111,7 +109,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         the level above plus the envelope posterior's spread), or one Laplace step.
         ``"auto"``: ``"mala"`` for images (``image_shape``) and time-conditional models,
         whose posteriors are too wide or too high-dimensional for a few proposals, else
-        ``"importance"``.
+        ``"importance"`` (fitted as ``negative_sampler_``).
     posterior_steps : int, default=10
         Langevin/MALA steps per negative.
     posterior_step_size : float, default=0.1
@@ -122,25 +120,34 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         Laplace fit of the posterior or, with the wide levels of ``noise_std="auto"``, a
         third each from these and from the posterior of the batch's own rows (each row
         chosen with its kernel likelihood given ``x_t``, jittered by ``N(0, 0.1² I)``),
-        the only ones that reach narrow modes at a wide ``σ``.
-        Self-normalised weights of few proposals bias the negatives wherever the
-        posterior is narrower than the kernel: with 16 kernel proposals, eight Gaussians
-        kept an NLL gap of 0.08 nats whatever the number of steps; with 32, 0.03; with 32
-        from the kernel and the Laplace fit, 0.008 (3 seeds each, ``benchmarks/``).
+        the only ones that reach narrow modes at a wide ``σ``. Self-normalised weights of
+        few proposals bias the negatives wherever the posterior is narrower than the
+        kernel (:ref:`defaults`).
     n_negatives : int or None, default=8
         Importance sampler only: the proposals per example that are back-propagated,
         drawn by systematic resampling with their importance weights
         (:func:`skdcd.samplers.systematic_resample`), so that the gradient is an unbiased
         estimate of the weighted sum over all ``n_proposals`` while the weights need only a
         forward pass. ``None`` back-propagates every proposal with its weight: the lowest
-        variance, at 1.5× the step time on a CPU (49 against 33 ms in 2-D) for the same mean
-        NLL gap on the six toys (0.019, three seeds each).
+        variance, at a longer step for the same accuracy (:ref:`defaults`).
     {PARAMS_DOC.replace("{energy_reg}", 'float or "auto", default="auto"')
                 .replace("{energy_reg_auto}", ENERGY_REG_AUTO)}
     {ATTRIBUTES_DOC}
     noise_levels_ : ndarray of shape (n_levels,)
-        The noise ladder in standardised units, increasing (``time_conditional=True``
-        only).
+        The noise ladder in standardised units, increasing (time-conditional models only).
+    time_conditional_ : bool
+        Whether the fitted energy is time-conditional, ``E(x, σ)``.
+    negative_sampler_ : str
+        ``negative_sampler`` with ``"auto"`` resolved.
+    energy_reg_ : float
+        ``energy_reg`` with ``"auto"`` resolved.
+    noise_std_ : float or tuple of (float, float)
+        The noise level, or the range of levels, of training (for a time-conditional
+        model, the ends of its ladder).
+    wide_noise_ : tuple of (float, float, float) or None
+        ``(fraction, low, high)``: the fraction of each batch whose levels are drawn
+        log-uniformly in ``[low, high]`` besides ``noise_std_`` (``noise_std="auto"``), or
+        ``None``.
 
     See Also
     --------
@@ -363,11 +370,8 @@ def _mixture_fit(Z: np.ndarray, n_components: int, seed: int) -> tuple:
     Full covariances (``GaussianMixture`` on the same subsample as :func:`_gaussian_fit`),
     each widened by 30 % of the data's mean variance (``reg_covar``), given as eigenvectors
     and eigenvalues; one component is the probabilistic PCA of :func:`_gaussian_fit`. Sharp
-    components leave the network little to correct at the narrow levels, and it then
-    corrected less than over one Gaussian: on the digits (output layer started at zero),
-    widened by 1 % they denoised σ = 0.1 at 23.9 dB (one seed) against 24.0 ± 0.1 dB for one
-    Gaussian; widened by 30 %, at 24.1 ± 0.3 dB, and σ = 0.4 at 16.5 dB (15.3 dB for one
-    Gaussian; 3 seeds).
+    components leave the network little to correct at the narrow levels (the user guide's
+    "why these defaults").
     """
     if n_components == 1:
         return _gaussian_fit(Z)

@@ -51,16 +51,13 @@ PARAMS_DOC = """
         The network sees each feature clipped to the training range widened by this many
         standardised units; beyond that box only the envelope varies. Without it a network
         can fall linearly far from the data, where no negative sample looks, into a spurious
-        mode that takes the mass (without clipping, 5 of 36 default fits on the 2-D toys of
-        ``benchmarks/`` broke this way). ``None`` disables the clipping.
+        mode that takes the mass (:ref:`defaults`). ``None`` disables the clipping.
     well_penalty : float, default=1.0
         Weight of a guard against spurious wells: at each step, 64 points drawn uniformly
         from the clipping box are penalised by ``well_penalty · relu(min E(x_pos) - 1 -
         E(u))²``, i.e. wherever the energy falls more than 1 nat below every data point of
         the batch. Negatives near the data never visit such a well, and one of them can hold
-        most of the mass: at a learning rate of 3e-2, DCD fits of two moons reached NLL gaps
-        of 46–4,770 nats this way; with the guard, 0.02–0.25 (``benchmarks/``). It costs
-        about 10% of a step. ``0`` disables it.
+        most of the mass (:ref:`defaults`). ``0`` disables it.
     standardize : bool, default=True
         Fit on ``(X - mean) / std``. All public methods work in input units and
         ``score_samples`` includes the Jacobian.
@@ -118,9 +115,6 @@ ATTRIBUTES_DOC = """
 
 ENERGY_REG_AUTO = """
         ``"auto"``: 0.003 with the importance sampler (the default for tabular data), whose
-        weighted negatives are accurate enough for a weaker pull, else 0.01. The penalty
-        pulls the energies of the data towards one level, that is, towards equal density on
-        every mode; at ``σ = 0.1`` alone nothing else sets the weights of separated modes
-        (rings of equal mass: the inner ring, the densest, came out 0.5 nats too
-        unlikely), which is why ``noise_std="auto"`` mixes in wide levels. At ``σ = 0.1``
-        alone and without the penalty, eight Gaussians broke (NLL gap 1.14, one seed)."""
+        weighted negatives are accurate enough for a weaker pull, else 0.01 (fitted as
+        ``energy_reg_``). The penalty pulls the energies of the data towards one level,
+        that is, towards equal density on every mode (:ref:`defaults`)."""

@@ -67,18 +67,11 @@ class _NoiseFilm(nn.Module):
 def default_input_gain(n_features: int) -> float:
     """MLPEnergy's default input gain: ``min(3, max(1, 6 / d))`` for ``d`` features.
 
-    For standardised inputs, PyTorch's initialisation gives first-layer units that vary
-    over about one standard deviation of the data, and Adam moves each weight by about the
-    learning rate per step, so detail much finer than the data's spread took many steps to
-    resolve: on eight Gaussians (modes of 0.07 standard deviations), DCD at learning rate
-    3e-3 for 480 steps reached an NLL gap of 1.35 at gain 1, and 0.014 at gain 3, where the
-    units start 3 times finer and sharpen 3 times faster (one seed). But a step moves a
-    unit's input by up to ``gain · lr · Σ |x_i|``, which grows with ``d``, and in more
-    dimensions a gain hurt (NLL gap, DCD defaults, mixtures of four Gaussians of std 0.3,
-    one seed each): 16-D, gain 3, 18.2 against 0.36 at gain 1; 8-D, gain 1.5, 0.17 and
-    0.10 against 0.11 and 0.00 (two seeds); 4-D, gain 2.1, 0.076 and 0.022 against 0.047
-    and 0.026. So ``gain · d`` stays at most 6, its value at two features, and the gain
-    is 1 (the plain network) from 6 features on.
+    Adam moves each weight by about the learning rate per step, so detail much finer than
+    the data's spread takes many steps to resolve; a gain makes first-layer units start
+    finer and sharpen faster. But a step moves a unit's input by up to ``gain · lr · Σ|x_i|``,
+    which grows with ``d``, so ``gain · d`` stays at most 6, its value at two features, and
+    the gain is 1 (the plain network) from 6 features on (:ref:`defaults`).
 
     Parameters
     ----------
@@ -185,12 +178,8 @@ def _zero_output(layer: nn.Module) -> None:
     """Start a noise-conditional network's output layer at zero: the model starts as its envelope.
 
     The energy at level ``σ`` is ``f / σ²``, so a random initial ``f`` varies by tens of
-    nats at the narrowest levels. On the digits, with a mixture envelope, the first steps
-    then drove every unit into saturation at those levels for good: the network ended flat
-    there, and denoised no better than its envelope (23.3 dB at σ = 0.1). Started at zero
-    it denoised at 24.1 ± 0.3 dB at σ = 0.1 (3 seeds, ``benchmarks/``), and at 0.3 times
-    the usual initial weights at 23.6 ± 0.7 dB. Over one Gaussian (``envelope_components=1``)
-    zero cost 0.2 dB at σ = 0.1 against the usual weights (24.0 against 24.2 dB, 3 seeds).
+    nats at the narrowest levels, and the first steps drove every unit into saturation
+    there for good (:ref:`defaults`).
     """
     if nn.utils.parametrize.is_parametrized(layer):  # spectral norm divides by ‖W‖: not 0
         return
