@@ -28,6 +28,7 @@ from sklearn.utils.validation import validate_data
 
 from skdcd import _inference as inference
 from skdcd import _training as training
+from skdcd import partition
 from skdcd._inference import InferenceMixin
 from skdcd._objectives import ContrastiveObjective, WellGuard
 from skdcd._persistence import PersistenceMixin
@@ -250,6 +251,11 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         self._optimizer_state = None
         self._z_low, self._z_high = np.full(X.shape[1], np.inf), np.full(X.shape[1], -np.inf)
         self._base_mean, self._base_std = Z.mean(axis=0), np.maximum(Z.std(axis=0), 1e-3)
+        finite = Z[np.isfinite(Z).all(axis=1)]
+        # where annealing starts (log Z, sampling): the data's mixture, made safe at inference
+        self._base_means, self._base_covs, self._base_weights = (
+            partition.MixtureProposal.fit_params(finite, random_state=self._seed)
+            if len(finite) > 1 else (self._base_mean[None], self._base_std[None] ** 2, np.ones(1)))
         self._cache: dict = {}  # lazily computed quantities; cleared by training
         self.loss_curve_: list[float] = []
         self.n_iter_ = 0
@@ -324,6 +330,8 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         return dict(net=self.energy_net_, device=device, base_mean=self._base_mean,
                     base_std=self._base_std, z_low=self._z_low, z_high=self._z_high,
                     sample_steps=self.sample_steps, sample_step_size=self.sample_step_size,
+                    base_mixture=(self._base_means, self._base_covs, self._base_weights)
+                    if hasattr(self, "_base_means") else None, seed=self._seed,
                     name=type(self).__name__, verbose=self.verbose)
 
     def _standardize(self, X: np.ndarray) -> np.ndarray:

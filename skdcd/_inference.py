@@ -9,6 +9,7 @@ decides how to sample and denoise.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 
@@ -32,6 +33,10 @@ from skdcd.networks import AtNoiseLevel
 EVAL_BATCH = 8192
 GRAD_BATCH = 4096
 DENOISE_METHODS = ("auto", "posterior_mean", "map", "tweedie")
+PROBES = 256  # draws of the data's Gaussian at which the model's local width is measured
+# the annealing base's std over the larger of the data's and the model's: wider than both,
+# and not so wide that d dimensions of mismatch exhaust the temperatures
+BASE_WIDEN = 1.2
 
 
 @dataclass
@@ -45,13 +50,20 @@ class Model:
     device : torch.device
         Where to compute.
     base_mean, base_std : ndarray of shape (n_features,)
-        The Gaussian fitted to the training data, the start of annealing.
+        The mean and std of the training data.
+    base_mixture : tuple of ndarray or None
+        Means, covariances and weights of a Gaussian mixture fitted to the training data
+        (:meth:`~skdcd.partition.MixtureProposal.fit_params`), the start of annealing;
+        ``None`` (models fitted before it existed): one Gaussian of ``base_std``.
     z_low, z_high : ndarray of shape (n_features,)
         The training data's box.
     sample_steps : int
         Temperatures of SMC sampling and AIS' progress; MCMC steps of denoising.
     sample_step_size : float
         Initial MALA step of sampling, AIS and denoising.
+    seed : int
+        The fitted model's seed: log Z and the annealing base are properties of the model,
+        computed with generators derived from it.
     name : str
         The estimator's name, for progress bars.
     verbose : int
@@ -66,6 +78,8 @@ class Model:
     z_high: np.ndarray
     sample_steps: int
     sample_step_size: float
+    base_mixture: tuple | None = None
+    seed: int = 0
     name: str = ""
     verbose: int = 0
 
@@ -86,23 +100,76 @@ class Model:
             return fill_in_chunks(np.empty(len(Z)), EVAL_BATCH, lambda a, b: net(
                 torch.as_tensor(Z[a:b], dtype=torch.float64, device=self.device)).cpu().numpy())
 
-    def log_partition(self, method: str, *, n_grid: int, n_particles: int, n_steps: int,
-                      seed: int) -> tuple[float, float]:
-        """``log Z`` and its standard error, by ``"quadrature"`` or ``"ais"``."""
+    def annealing_base(self, widen: float = 0.0,
+                       dtype: torch.dtype = torch.float64) -> partition.MixtureProposal:
+        """The density annealing starts from, in ``dtype`` (standardised units).
+
+        The mixture fitted to the training data, each component at least as wide as the
+        model allows (:func:`~skdcd.partition.local_variance`, at draws of the mixture)
+        along every feature, blurred by ``widen`` and widened by ``BASE_WIDEN``
+        (:meth:`~skdcd.partition.MixtureProposal.from_params`): wider than the model in
+        every direction, also where the data are constant.
+        """
+        means, covs, weights = self.base_mixture or (
+            self.base_mean[None], self.base_std[None] ** 2, np.ones(1))
+        d = means.shape[1]
+        covs = covs + widen**2 * (np.ones(d) if covs.ndim == 2 else np.eye(d))
+        generator = seeded_generator((self.seed, 2), self.device)
+        probes = partition.MixtureProposal.from_params(
+            means, covs, weights, widen=1.0, device=self.device).sample(PROBES, generator)
+        floor = partition.local_variance(self.module(torch.float64), probes,
+                                         generator=generator).cpu().numpy()
+        return partition.MixtureProposal.from_params(means, covs, weights, floor=floor,
+                                                     widen=BASE_WIDEN, dtype=dtype,
+                                                     device=self.device)
+
+    def log_partition(self, method: str, *, n_grid: int, n_particles: int,
+                      n_steps: int) -> partition.LogPartitionEstimate:
+        """``log Z`` by ``"quadrature"`` or ``"ais"``, with its error and ESS."""
         net = self.module(torch.float64)
         if method == "quadrature":
             margin = 0.5 * (self.z_high - self.z_low) + 1.0
             log_z, _ = partition.log_partition_quadrature(
                 net, self.z_low - margin, self.z_high + margin, n_grid=n_grid,
                 device=self.device, batch_size=EVAL_BATCH)
-            return log_z, 0.0
+            return partition.LogPartitionEstimate(log_z, 0.0, math.nan, n_grid ** len(margin))
+        generator = seeded_generator((self.seed, 1), self.device)
         with ProgressBar(n_steps, f"{self.name} log Z (AIS)", self.verbose) as bar:
-            return partition.log_partition_ais(
-                net, torch.as_tensor(self.base_mean, dtype=torch.float64, device=self.device),
-                torch.as_tensor(1.5 * self.base_std, dtype=torch.float64, device=self.device),
-                n_particles=n_particles, n_steps=n_steps, step_size=self.sample_step_size,
-                generator=seeded_generator((seed, 1), self.device),
-                callback=anneal_callback(bar))
+            return self._ais(net, n_particles, n_steps, generator, anneal_callback(bar))
+
+    def _ais(self, net, n_particles: int, n_steps: int, generator: torch.Generator,
+             callback) -> partition.LogPartitionEstimate:
+        """AIS from :meth:`annealing_base`."""
+        result = partition.log_partition_from(
+            net, self.annealing_base(), n_particles=n_particles, n_steps=n_steps,
+            step_size=self.sample_step_size, generator=generator, callback=callback)
+        return partition.estimate_from_log_weights(result.log_weights)
+
+    def log_partition_check(self, n_samples: int, n_steps: int) -> partition.LogPartitionEstimate:
+        """An independent ``log Z``: AIS from a mixture fitted to samples of the model.
+
+        The base is a Gaussian mixture fitted to ``n_samples`` samples of the model (SMC or
+        recovery sampling, not the training data), widened
+        (:meth:`~skdcd.partition.MixtureProposal.fit`), and annealed geometrically to the
+        model in ``n_steps``: another base, another path and other particles than
+        :meth:`log_partition`'s, so where the two agree within their errors both are
+        likely right.
+        """
+        samples = torch.as_tensor(self.sample(n_samples, seeded_generator((self.seed, 3),
+                                                                          self.device)))
+        proposal = partition.MixtureProposal.fit(samples.to(self.device), random_state=self.seed)
+        net = self.module(torch.float64)
+        generator = seeded_generator((self.seed, 4), self.device)
+
+        def path_energy(x: torch.Tensor, beta: float) -> torch.Tensor:
+            base = -proposal.log_prob(x)
+            return base if beta == 0.0 else (1 - beta) * base + beta * net(x)
+
+        result = samplers.anneal_path(
+            path_energy, proposal.sample(n_samples, generator),
+            samplers.sigmoid_schedule(n_steps).tolist(), step_size=self.sample_step_size,
+            generator=generator, resample=False)
+        return partition.estimate_from_log_weights(result.log_weights)
 
     # ------------------------------------------------------------------ sampling
     def sample_work(self) -> int:
@@ -133,14 +200,11 @@ class Model:
         """SMC from the training data's Gaussian, blurred by ``widen`` and broadened."""
         device = generator.device
         n_particles = max(n_samples, 1024)
-        base_std = 1.5 * np.sqrt(self.base_std**2 + widen**2)
-        result = samplers.anneal(
-            net, torch.as_tensor(self.base_mean, dtype=torch.float32, device=device),
-            torch.as_tensor(base_std, dtype=torch.float32, device=device),
-            n_particles=n_particles, n_steps=self.sample_steps,
-            step_size=self.sample_step_size, generator=generator, resample=True,
-            callback=callback,
-        )
+        base = self.annealing_base(widen, dtype=torch.float32)
+        result = partition.log_partition_from(
+            net, base, n_particles=n_particles,
+            n_steps=self.sample_steps, step_size=self.sample_step_size, generator=generator,
+            resample=True, callback=callback)
         x = result.x[samplers.systematic_resample(result.log_weights, generator)]
         # systematic resampling orders particles by ancestor: shuffle before truncating
         x = x[torch.randperm(n_particles, generator=generator, device=device)[:n_samples]]
@@ -197,6 +261,36 @@ class LadderModel(Model):
     def module(self, dtype: torch.dtype) -> torch.nn.Module:
         """A frozen copy of the narrowest level, ``x ↦ E(x, σ_min)``."""
         return AtNoiseLevel(self._frozen(dtype), float(self.levels[0]))
+
+    def _ais(self, net, n_particles, n_steps, generator, callback):
+        """AIS from the envelope at the narrowest level, to the model at that level.
+
+        The envelope diffused to ``σ_min`` is a normalised Gaussian mixture that can be
+        drawn from exactly, and the model there is the envelope plus the network's
+        correction ``f(x, σ_min) / σ_min²``, which a geometric path anneals in. (A path down
+        the noise ladder from the widest level must contract the particles by the ratio of
+        the levels, which one MALA move per temperature cannot follow.) Without an
+        envelope, the data's mixture blurred by ``σ_min`` is the base.
+        """
+        energy, d = net.energy, len(self.base_mean)
+        bottom = float(self.levels[0])
+        if energy.envelope_std is None:
+            result = partition.log_partition_from(
+                net, self.annealing_base(widen=bottom), n_particles=n_particles,
+                n_steps=n_steps, step_size=self.sample_step_size, generator=generator,
+                callback=callback)
+            return partition.estimate_from_log_weights(result.log_weights)
+        log_z0 = energy.envelope_log_normalizer(bottom**2, d)
+
+        def path_energy(x: torch.Tensor, beta: float) -> torch.Tensor:
+            base = energy._envelope(x, bottom**2) + log_z0  # a normalised density's energy
+            return base if beta == 0.0 else (1 - beta) * base + beta * net(x)
+
+        result = samplers.anneal_path(
+            path_energy, energy.envelope_sample(n_particles, bottom**2, d, generator),
+            samplers.sigmoid_schedule(n_steps).tolist(), step_size=self.sample_step_size,
+            generator=generator, resample=False, callback=callback)
+        return partition.estimate_from_log_weights(result.log_weights)
 
     def sample_work(self) -> int:
         """SMC's temperatures and one unit per level of recovery."""
@@ -286,12 +380,13 @@ class InferenceMixin:
             method = self.log_partition
             if method == "auto":
                 method = "quadrature" if self.n_features_in_ <= 2 else "ais"
-            log_z, std_err = self._model(runtime_device(self.device)).log_partition(
+            est = self._model(runtime_device(self.device)).log_partition(
                 method, n_grid=self.quadrature_n_grid, n_particles=self.ais_n_particles,
-                n_steps=self.ais_n_steps, seed=self._seed)
+                n_steps=self.ais_n_steps)
             # from standardised to input units: dz = dx / prod(scale)
-            self._cache["log_z"] = log_z + float(np.sum(np.log(self.scale_)))
-            self._cache["log_z_std"] = std_err
+            self._cache["log_z"] = est.log_z + float(np.sum(np.log(self.scale_)))
+            self._cache["log_z_std"] = est.std_err
+            self._cache["log_z_ess"] = est.ess
         return self._cache["log_z"]
 
     @property
@@ -300,7 +395,55 @@ class InferenceMixin:
         self.log_partition_  # noqa: B018 - computes the cache
         return self._cache["log_z_std"]
 
-    # ------------------------------------------------------------------ public inference
+    def log_partition_diagnostics(self) -> dict:
+        """``log Z`` by two independent estimators, with their errors and effective sizes.
+
+        The first is :attr:`log_partition_` (quadrature or annealed importance sampling);
+        the second, ``check_*``, AIS from a Gaussian mixture fitted to ``ais_n_particles``
+        samples of the model, with ``ais_n_steps`` temperatures. Where they differ by more
+        than a few ``difference_std_errs``, at least one is wrong: raise ``ais_n_steps``
+        before trusting ``score``.
+
+        Returns
+        -------
+        diagnostics : dict
+            ``method``, ``log_z``, ``std_err``, ``ess``; ``check_method``, ``check_log_z``,
+            ``check_std_err``, ``check_ess``, ``check_n_samples``; ``difference``
+            (check minus first) and ``difference_std_errs`` (in combined standard errors).
+            Log Z in input units.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import DCDEnergyEstimator
+        >>> X = np.random.default_rng(0).standard_normal((300, 3))
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=2, ais_n_particles=256,
+        ...                          ais_n_steps=64, sample_steps=32, random_state=0).fit(X)
+        >>> diag = est.log_partition_diagnostics()
+        >>> diag["method"], diag["check_method"]
+        ('ais', 'ais-mixture')
+        >>> bool(abs(diag["difference"]) < 0.5)
+        True
+        """
+        check_is_fitted(self)
+        log_z, std_err = self.log_partition_, self.log_partition_std_
+        method = self.log_partition
+        if method == "auto":
+            method = "quadrature" if self.n_features_in_ <= 2 else "ais"
+        check = self._model(runtime_device(self.device)).log_partition_check(
+            self.ais_n_particles, self.ais_n_steps)
+        check_log_z = check.log_z + float(np.sum(np.log(self.scale_)))
+        difference = check_log_z - log_z
+        combined = math.hypot(std_err, check.std_err)
+        return {
+            "method": method, "log_z": log_z, "std_err": std_err,
+            "ess": self._cache.get("log_z_ess", math.nan),
+            "check_method": "ais-mixture", "check_log_z": check_log_z,
+            "check_std_err": check.std_err, "check_ess": check.ess,
+            "check_n_samples": check.n_samples, "difference": difference,
+            "difference_std_errs": abs(difference) / combined if combined > 0 else math.inf,
+        }
+
     def energy(self, X: ArrayLike) -> np.ndarray:
         """Unnormalised energy ``E(x)`` of each row, so that ``q(x) ∝ exp(-E(x))``.
 

@@ -481,6 +481,51 @@ class EnvelopedEnergy(nn.Module):
         log_det = log_det - log_det.mean(dim=1, keepdim=True)
         return energy + 0.5 * log_det - self.log_weights.to(x.dtype)
 
+    def envelope_log_normalizer(self, var: float, n_features: int) -> float:
+        """``log ∫ exp(-envelope(x, var)) dx``, the envelope's normaliser at noise variance ``var``.
+
+        Examples
+        --------
+        >>> import math, torch
+        >>> energy = EnvelopedEnergy(MLPEnergy(2, (8,)), envelope_std=2.0)
+        >>> round(energy.envelope_log_normalizer(0.0, 2), 6) == round(math.log(2 * math.pi * 4), 6)
+        True
+        """
+        if not self.directions.numel():  # isotropic: N(0, (τ² + var) I)
+            total = float(self.residual_variance) + var
+            return 0.5 * n_features * math.log(2 * math.pi * total)
+        k = self.directions.shape[2]
+        log_det = (torch.log(self.variances.double() + var).sum(dim=1)
+                   + (n_features - k) * torch.log(self.residual_variance.double() + var))
+        if self.log_weights.numel() > 1:  # the components' energies are centred (see above)
+            log_det = log_det.mean().expand(1)
+        return 0.5 * n_features * math.log(2 * math.pi) + 0.5 * float(log_det[0])
+
+    def envelope_sample(self, n: int, var: float, n_features: int,
+                        generator: torch.Generator) -> torch.Tensor:
+        """``n`` exact draws of the envelope's density at noise variance ``var``, ``(n, d)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> energy = EnvelopedEnergy(MLPEnergy(2, (8,)), envelope_std=2.0)
+        >>> x = energy.envelope_sample(20000, 0.0, 2, torch.Generator().manual_seed(0))
+        >>> bool(torch.allclose(x.std(dim=0), torch.full((2,), 2.0), atol=0.05))
+        True
+        """
+        dtype, device = self.residual_variance.dtype, self.residual_variance.device
+        xi = torch.randn((n, n_features), generator=generator, dtype=dtype, device=device)
+        if not self.directions.numel():
+            return torch.sqrt(self.residual_variance + var) * xi
+        comp = torch.multinomial(self.log_weights.exp(), n, replacement=True,
+                                 generator=generator)  # (n,)
+        u = self.directions[comp]  # (n, d, k)
+        coords = torch.einsum("nd,ndk->nk", xi, u)  # (n, k)
+        rest = torch.sqrt(self.residual_variance[comp] + var)[:, None]  # (n, 1)
+        along = torch.sqrt(self.variances[comp] + var)  # (n, k)
+        return (self.center[comp] + rest * xi
+                + torch.einsum("nk,ndk->nd", (along - rest) * coords, u))
+
     def envelope_posterior_noise(self, x: torch.Tensor, sigma: torch.Tensor, delta: torch.Tensor,
                                  generator: torch.Generator) -> torch.Tensor:
         """Zero-mean draws with the envelope posterior's covariance at level ``σ``.

@@ -48,8 +48,45 @@ def test_ais_within_three_standard_errors(d):
     rng = np.random.RandomState(d)
     energy, exact = _quadratic(rng.randn(d), np.exp(0.3 * rng.randn(d)))
     g = torch.Generator().manual_seed(0)
-    log_z, se = partition.log_partition_ais(
+    log_z, se, ess, n = partition.log_partition_ais(
         energy, torch.zeros(d, dtype=torch.float64), torch.full((d,), 2.0, dtype=torch.float64),
         n_particles=512, n_steps=200, generator=g)
-    assert 0 < se < 0.1
+    assert 0 < se < 0.1 and 10 < ess <= n == 512
     assert abs(log_z - exact) < 3 * se + 1e-3
+
+
+def test_the_standard_error_grows_without_bound_when_groups_disagree():
+    # regression: the weights were rescaled to mean 1 before their std was taken, so even
+    # complete collapse read as "s.e. 1.0"; groups of particles that disagree by 40 nats
+    # must say so
+    log_w = torch.zeros(1024, dtype=torch.float64)
+    log_w[:128] = 40.0  # one group of eight carries all the mass
+    est = partition.estimate_from_log_weights(log_w)
+    assert est.ess == pytest.approx(128.0) and est.std_err > 5
+
+
+def test_collapsed_weights_warn():
+    log_w = torch.zeros(1024, dtype=torch.float64)
+    log_w[0] = 40.0
+    with pytest.warns(RuntimeWarning, match="collapsed"):
+        est = partition.estimate_from_log_weights(log_w)
+    assert est.ess < 1.01
+
+
+def test_local_variance_sees_the_model_where_the_data_are_constant():
+    def energy(x):  # N(0, diag(0.05², 1, 4))
+        return 0.5 * (x / torch.tensor([0.05, 1.0, 2.0], dtype=x.dtype)).pow(2).sum(dim=1)
+
+    var = partition.local_variance(energy, torch.zeros(64, 3, dtype=torch.float64),
+                                   generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(var.numpy(), [0.05**2, 1.0, 4.0], rtol=1e-4)
+
+
+def test_importance_sampling_from_a_mixture_proposal_is_exact_in_expectation():
+    energy, exact = _quadratic([0.5, -1.0, 2.0], [0.3, 1.0, 2.0])
+    rows = torch.as_tensor(np.random.RandomState(0).randn(2000, 3) * [0.3, 1.0, 2.0]
+                           + [0.5, -1.0, 2.0])
+    proposal = partition.MixtureProposal.fit(rows)
+    est = partition.log_partition_importance(energy, proposal, n_samples=8000,
+                                             generator=torch.Generator().manual_seed(0))
+    assert abs(est.log_z - exact) < 3 * est.std_err < 0.1
