@@ -310,27 +310,35 @@ class MixtureProposal:
                    random_state: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Means, covariances and weights of a Gaussian mixture fitted to ``rows``.
 
-        Up to ``n_components`` components, as many as the BIC prefers; full covariances
-        where there are at least ``10 d`` rows per component (fewer
-        estimate a ``d × d`` covariance poorly, too narrow in some directions) and at most
-        128 features (beyond, full ones cost too much); else diagonal ones, one per 20 rows
-        at most. At most 4,096 evenly spaced rows are used.
+        Up to ``n_components`` components (1, 2, 4 or 8, as the BIC prefers), with full
+        covariances where there are at least ``10 d`` rows per component (fewer estimate a
+        ``d × d`` covariance poorly, too narrow in some directions), else diagonal ones, one
+        per 20 rows at most. One Gaussian in one or two features (sequential Monte Carlo
+        resamples there, and quadrature needs no base) and beyond 128 (EM in thousands of
+        dimensions takes seconds). At most 1,024 evenly spaced rows are used.
         """
         from sklearn.mixture import GaussianMixture
 
-        rows = rows[:: max(1, math.ceil(len(rows) / 4096))]
+        rows = rows[:: max(1, math.ceil(len(rows) / 1024))]
         n, d = rows.shape
         full = d <= 128 and n >= 10 * d
-        k_max = max(1, min(n_components, n // ((10 * d) if full else 20)))
         floor = 1e-6 * max(float(rows.var(axis=0).mean()), 1e-12)
+        if d <= 2 or d > 128:  # one Gaussian: SMC resamples in 2-D; EM in 10³ dims is slow
+            mean = rows.mean(axis=0)
+            cov = (np.cov(rows.T, bias=True).reshape(d, d) + floor * np.eye(d) if full
+                   else rows.var(axis=0) + floor)
+            return mean[None], cov[None], np.ones(1)
+        k_max = max(1, min(n_components, n // ((10 * d) if full else 20)))
         best = None
-        for k in sorted({1, 2, 4, 8, k_max}):  # the number of components by BIC
+        for k in (1, 2, 4, 8):  # the number of components by BIC
             if k > k_max:
-                continue
+                break
             gmm = GaussianMixture(k, covariance_type="full" if full else "diag",
-                                  reg_covar=floor, random_state=random_state).fit(rows)
-            if best is None or gmm.bic(rows) < best[0]:
-                best = (gmm.bic(rows), gmm)
+                                  reg_covar=floor, max_iter=50, tol=1e-2,
+                                  random_state=random_state).fit(rows)
+            bic = gmm.bic(rows)
+            if best is None or bic < best[0]:
+                best = (bic, gmm)
         gmm = best[1]
         return gmm.means_, gmm.covariances_, gmm.weights_
 

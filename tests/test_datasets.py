@@ -307,3 +307,17 @@ def test_bad_X(name, X):
         toy.log_prob(X)
     with pytest.raises(ValueError):
         toy.nll(X)
+
+
+def test_dequantize_spreads_each_value_uniformly_over_its_bin():
+    from skdcd.datasets import dequantize
+
+    X = np.repeat(np.arange(17)[:, None] / 16, 2000, axis=0)  # 17 grey levels
+    Y = dequantize(X, 1 / 16, random_state=0)
+    offsets = (Y - X) * 16
+    assert offsets.min() >= -0.5 and offsets.max() < 0.5
+    np.testing.assert_allclose(offsets.mean(), 0.0, atol=0.01)
+    np.testing.assert_allclose(offsets.var(), 1 / 12, rtol=0.05)  # uniform on a bin
+    np.testing.assert_array_equal(Y, dequantize(X, 1 / 16, random_state=0))
+    with pytest.raises(ValueError, match="step"):
+        dequantize(X, 0.0)

@@ -31,7 +31,8 @@ def _check(est, exact):
     for key in ("log_z", "check_log_z"):
         se = diag["std_err" if key == "log_z" else "check_std_err"]
         error = diag[key] - exact
-        assert abs(error) <= 3 * se + 1e-9 and abs(error) <= 0.5, (key, error, se)
+        # 1e-5: the float32 rounding of an envelope-only model, whose AIS is exact
+        assert abs(error) <= 3 * se + 1e-5 and abs(error) <= 0.5, (key, error, se)
 
 
 def _data(d, n_const, seed):
@@ -121,9 +122,17 @@ def test_envelope_only_time_conditional_model(d):
     z0 = (X[:1] - est.mean_) / est.scale_
     p = sum(w * multivariate_normal(m, c).pdf(z0[0]) for w, m, c in
             zip(net.log_weights.exp().numpy(), net.center.numpy(), covs, strict=True))
-    exact = float(-est.energy(X[:1])[0]) - math.log(p) + 0.0  # input units: energy is
-    exact += 0.0  # already in input units; log Z of z, shifted by Σ log scale below
     exact = -float(net(torch.as_tensor(z0), torch.full((1, 1), s2**0.5,
                                                         dtype=torch.float64))[0]) - math.log(p)
     exact += float(np.log(est.scale_).sum())
     _check(est, exact)
+
+
+@pytest.mark.slow
+def test_the_two_estimators_agree_on_a_fitted_model_with_constant_features():
+    # a real fit (not an oracle): 8-D data with three constant features, where the data's
+    # spread alone made the AIS base far too narrow
+    X = _data(8, 3, seed=5)
+    est = DCDEnergyEstimator(max_iter=30, hidden_layer_sizes=(32, 32), random_state=0).fit(X)
+    diag = est.log_partition_diagnostics()
+    assert diag["difference_std_errs"] < 3 and abs(diag["difference"]) < 0.5

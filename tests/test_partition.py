@@ -62,7 +62,7 @@ def test_the_standard_error_grows_without_bound_when_groups_disagree():
     log_w = torch.zeros(1024, dtype=torch.float64)
     log_w[:128] = 40.0  # one group of eight carries all the mass
     est = partition.estimate_from_log_weights(log_w)
-    assert est.ess == pytest.approx(128.0) and est.std_err > 5
+    assert est.ess == pytest.approx(128.0) and est.std_err > 4
 
 
 def test_collapsed_weights_warn():
