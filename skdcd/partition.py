@@ -4,8 +4,8 @@
   the mass near its edge is negligible.
 * :func:`log_partition_ais` — annealed importance sampling (Neal, 2001), any ``d``, with a
   standard error and the effective sample size (:class:`LogPartitionEstimate`).
-* :func:`log_partition_importance` — plain importance sampling from a
-  :class:`MixtureProposal` proposal, an independent check of AIS.
+* :func:`log_partition_from` — AIS from a :class:`MixtureProposal` base (fitted to the data
+  or to samples of the model).
 * :func:`local_variance` — the per-feature width a model allows, which a base of annealing
   must cover.
 """
@@ -235,39 +235,6 @@ def log_partition_ais(
                     step_size=step_size, generator=generator, resample=False,
                     callback=callback)
     return estimate_from_log_weights(result.log_weights)
-
-
-def log_partition_importance(energy_fn: EnergyFn, proposal: MixtureProposal, *,
-                             n_samples: int, generator: torch.Generator,
-                             batch_size: int = 8192) -> LogPartitionEstimate:
-    """``log Z`` by importance sampling from a Gaussian mixture ``proposal``: no annealing.
-
-    ``Ẑ = mean(exp(-E(x_i)) / r(x_i))`` over draws ``x_i`` of the proposal ``r``; reliable
-    where the proposal covers the model (a wide one, e.g. fitted to samples of the model and
-    widened: :meth:`MixtureProposal.fit`), and its ESS says when it does not.
-
-    Returns
-    -------
-    LogPartitionEstimate
-
-    Examples
-    --------
-    >>> import math, torch
-    >>> proposal = MixtureProposal(torch.zeros(1, 3, dtype=torch.float64),
-    ...                            1.3 * torch.eye(3, dtype=torch.float64)[None],
-    ...                            torch.ones(1, dtype=torch.float64))
-    >>> est = log_partition_importance(lambda x: 0.5 * x.pow(2).sum(dim=1), proposal,
-    ...                                n_samples=4000, generator=torch.Generator().manual_seed(0))
-    >>> abs(est.log_z - 1.5 * math.log(2 * math.pi)) < 3 * est.std_err < 0.1
-    True
-    """
-    x = proposal.sample(n_samples, generator)
-    log_w = torch.empty(n_samples, dtype=torch.float64)
-    with torch.no_grad():
-        for i in range(0, n_samples, batch_size):
-            chunk = x[i:i + batch_size]
-            log_w[i:i + batch_size] = (-energy_fn(chunk) - proposal.log_prob(chunk)).double().cpu()
-    return estimate_from_log_weights(log_w)
 
 
 class MixtureProposal:

@@ -82,11 +82,12 @@ def test_local_variance_sees_the_model_where_the_data_are_constant():
     np.testing.assert_allclose(var.numpy(), [0.05**2, 1.0, 4.0], rtol=1e-4)
 
 
-def test_importance_sampling_from_a_mixture_proposal_is_exact_in_expectation():
+def test_ais_from_a_mixture_fitted_to_samples_is_within_its_errors():
     energy, exact = _quadratic([0.5, -1.0, 2.0], [0.3, 1.0, 2.0])
     rows = torch.as_tensor(np.random.RandomState(0).randn(2000, 3) * [0.3, 1.0, 2.0]
                            + [0.5, -1.0, 2.0])
-    proposal = partition.MixtureProposal.fit(rows)
-    est = partition.log_partition_importance(energy, proposal, n_samples=8000,
-                                             generator=torch.Generator().manual_seed(0))
+    result = partition.log_partition_from(energy, partition.MixtureProposal.fit(rows),
+                                          n_particles=1024, n_steps=32, step_size=0.1,
+                                          generator=torch.Generator().manual_seed(0))
+    est = partition.estimate_from_log_weights(result.log_weights)
     assert abs(est.log_z - exact) < 3 * est.std_err < 0.1
