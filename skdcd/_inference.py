@@ -158,17 +158,10 @@ class Model:
         samples = torch.as_tensor(self.sample(n_samples, seeded_generator((self.seed, 3),
                                                                           self.device)))
         proposal = partition.MixtureProposal.fit(samples.to(self.device), random_state=self.seed)
-        net = self.module(torch.float64)
-        generator = seeded_generator((self.seed, 4), self.device)
-
-        def path_energy(x: torch.Tensor, beta: float) -> torch.Tensor:
-            base = -proposal.log_prob(x)
-            return base if beta == 0.0 else (1 - beta) * base + beta * net(x)
-
-        result = samplers.anneal_path(
-            path_energy, proposal.sample(n_samples, generator),
-            samplers.sigmoid_schedule(n_steps).tolist(), step_size=self.sample_step_size,
-            generator=generator, resample=False)
+        result = partition.log_partition_from(
+            self.module(torch.float64), proposal, n_particles=n_samples, n_steps=n_steps,
+            step_size=self.sample_step_size, generator=seeded_generator((self.seed, 4),
+                                                                        self.device))
         return partition.estimate_from_log_weights(result.log_weights)
 
     # ------------------------------------------------------------------ sampling
