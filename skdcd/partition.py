@@ -352,7 +352,16 @@ class MixtureProposal:
                                device=x.device)
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` exact draws, shape ``(n, d)``."""
+        """``n`` exact draws, shape ``(n, d)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> mix = MixtureProposal(torch.zeros(1, 2), 4 * torch.ones(1, 2), torch.ones(1))
+        >>> x = mix.sample(20000, torch.Generator().manual_seed(0))
+        >>> bool(torch.allclose(x.std(dim=0), torch.full((2,), 2.0), atol=0.05))
+        True
+        """
         d = self.means.shape[1]
         comp = torch.multinomial(self.log_weights.exp(), n, replacement=True,
                                  generator=generator)  # (n,)
@@ -363,7 +372,15 @@ class MixtureProposal:
         return self.means[comp] + torch.einsum("nij,nj->ni", self.chol[comp], xi)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-density of each row of ``x``, shape ``(n,)``."""
+        """Log-density of each row of ``x``, shape ``(n,)``.
+
+        Examples
+        --------
+        >>> import math, torch
+        >>> mix = MixtureProposal(torch.zeros(2, 1), torch.ones(2, 1, 1), torch.ones(2))
+        >>> float(mix.log_prob(torch.zeros(1, 1))) - -0.5 * math.log(2 * math.pi) < 1e-6
+        True
+        """
         d = self.means.shape[1]
         diff = x[:, None, :] - self.means  # (n, K, d)
         if self.diagonal:
