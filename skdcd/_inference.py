@@ -526,9 +526,11 @@ class InferenceMixin:
                random_state: int | np.random.RandomState | None = None) -> np.ndarray:
         """Draw samples from the fitted model.
 
-        Sequential Monte Carlo: particles from a Gaussian fitted to the training data are
-        annealed to the model along ``base^{1-β} exp(-βE)`` with MALA moves and resampled
-        whenever their weights degenerate, so separated modes get their right mass.
+        Sequential Monte Carlo: particles from a Gaussian mixture fitted to the training
+        data, floored at the model's own width (as for ``log Z``), are annealed to the model
+        along ``base^{1-β} exp(-βE)`` with MALA moves and resampled whenever their weights
+        degenerate, so separated modes get their right mass. A time-conditional model is
+        sampled so at its widest level, then by recovery sampling down its ladder.
 
         Parameters
         ----------
