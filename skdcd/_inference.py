@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 import numpy as np
@@ -82,6 +82,8 @@ class Model:
     seed: int = 0
     name: str = ""
     verbose: int = 0
+    # annealing bases by (widen, dtype): deterministic, and sample() needs one per chunk
+    _bases: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ the energy
     def _frozen(self, dtype: torch.dtype) -> torch.nn.Module:
@@ -108,8 +110,14 @@ class Model:
         model allows (:func:`~skdcd.partition.local_variance`, at draws of the mixture)
         along every feature, blurred by ``widen`` and widened by ``BASE_WIDEN``
         (:meth:`~skdcd.partition.MixtureProposal.from_params`): wider than the model in
-        every direction, also where the data are constant.
+        every direction, also where the data are constant. Computed once per model.
         """
+        key = (float(widen), dtype)
+        if key not in self._bases:
+            self._bases[key] = self._annealing_base(widen, dtype)
+        return self._bases[key]
+
+    def _annealing_base(self, widen: float, dtype: torch.dtype) -> partition.MixtureProposal:
         means, covs, weights = self.base_mixture or (
             self.base_mean[None], self.base_std[None] ** 2, np.ones(1))
         d = means.shape[1]
