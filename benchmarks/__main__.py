@@ -17,6 +17,8 @@ from pathlib import Path
 from benchmarks.common import HERE, meta, read_json, write_json
 from benchmarks.report import SECTIONS, write_report
 
+MODEL_SECTIONS = ("digits", "highdim")  # sections whose run() takes models=[...]
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
@@ -32,8 +34,9 @@ def main(argv: list[str] | None = None) -> None:
                        "their rows replace those of the same experiments and seeds in "
                        "density.json")
     run_p.add_argument("--models", nargs="+", default=None,
-                       help="digits only: rerun these EBMs (e.g. dcd-tc) and no baselines; "
-                       "their rows replace those of the same models in digits.json")
+                       help="digits and highdim only: rerun these methods (e.g. dcd-tc) "
+                       "alone; their rows replace those of the same methods in the "
+                       "section's JSON")
     run_p.add_argument("--out", type=Path, default=None,
                        help="results folder (default: benchmarks/ or benchmarks/quick/)")
     rep_p = sub.add_parser("report", help="rebuild RESULTS.md from the JSON results")
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         print(f"[benchmarks] {name} ...", flush=True)
         kwargs = {"experiments": args.experiments} if name == "density" and args.experiments else {}
-        if name == "digits" and args.models:
+        if name in MODEL_SECTIONS and args.models:
             kwargs = {"models": args.models}
         result = module.run(quick=args.quick, seeds=seeds, n_jobs=args.jobs, **kwargs)
         seconds = time.perf_counter() - start
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             result = _merge_experiments(read_json(path), result)
         elif "models" in kwargs:
             if not path.exists():
-                parser.error("--models replaces rows of an earlier full digits run; none found")
+                parser.error(f"--models replaces rows of an earlier full {name} run; none found")
             result = module.merge_models(read_json(path), result)
         write_json(path, result)
         print(f"[benchmarks] {name} done in {seconds:.0f} s", flush=True)

@@ -4,6 +4,7 @@ import math
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from benchmarks.__main__ import _merge_experiments
@@ -267,3 +268,40 @@ def test_quick_suite_runs_every_section_and_writes_the_report(tmp_path):
     assert "older version of this section" not in text
     assert "## Targets (issue 3)" in text and "## Real images: 8×8 digits" in text
     assert (tmp_path / "figures" / "digits_samples.png").exists()
+
+
+def test_highdim_densities_match_scipy_and_sum_over_rotated_blocks():
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    from benchmarks.highdim import Density
+    from skdcd.datasets import TOY_NAMES, load_toy
+
+    for name in ("gaussian-8", "mixture-16"):
+        density = Density(name)
+        X = density.sample(500, 0)
+        exact = logsumexp([math.log(w) + multivariate_normal(m, L @ L.T).logpdf(X)
+                           for w, m, L in zip(density.weights, density.means, density.chols,
+                                              strict=True)], axis=0)
+        assert np.allclose(density.log_prob(X), exact, rtol=0, atol=1e-9)
+    density = Density("toys-4")
+    X = density.sample(300, 0)
+    Z = X @ density.rotation  # back to the blocks
+    blocks = [load_toy(TOY_NAMES[0]), load_toy(TOY_NAMES[1])]
+    assert np.allclose(density.log_prob(X), blocks[0].log_prob(Z[:, :2])
+                       + blocks[1].log_prob(Z[:, 2:]), atol=1e-12)
+    assert np.allclose(density.rotation @ density.rotation.T, np.eye(4), atol=1e-12)
+
+
+def test_highdim_merge_replaces_only_the_rerun_methods():
+    from benchmarks.highdim import merge_models as merge_highdim
+
+    old = {"rows": [{"method": "dcd", "v": 1}, {"method": "gmm", "v": 1}],
+           "settings": {"seeds": [0], "models": ["dcd", "gmm"]}, "meta": {"commit": "a"}}
+    new = {"rows": [{"method": "dcd", "v": 2}],
+           "settings": {"seeds": [0], "models": ["dcd"]}, "meta": {"commit": "b"}}
+    merged = merge_highdim(old, new)
+    assert sorted((r["method"], r["v"]) for r in merged["rows"]) == [("dcd", 2), ("gmm", 1)]
+    assert merged["runs"]["dcd"]["commit"] == "b"
+    with pytest.raises(ValueError, match="seeds"):
+        merge_highdim(old, {**new, "settings": {"seeds": [1], "models": ["dcd"]}})
