@@ -19,6 +19,7 @@ from skdcd._objectives import (
     ContrastiveObjective,
     DCDObjective,
     LadderObjective,
+    LevelWellGuard,
     PosteriorNegatives,
 )
 
@@ -81,7 +82,8 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         the narrowest, ``denoise`` uses Tweedie's formula at the noise's own level, and
         ``score_samples`` is the density of the narrowest level (the data blurred by
         ``noise_std[0]``). The energy reports ``E(x, σ_min)``. The well guard
-        (``well_penalty``) does not apply. VE only.
+        (``well_penalty``) works level by level, with probes from the envelope.
+        VE only.
         ``"auto"``: ``True`` for images (``image_shape`` set), unless ``diffusion="vp"``
         or ``noise_std`` is one float; ``False`` otherwise: a marginal image energy
         denoised worse than the noisy input on the digits (:ref:`defaults`). A fitted
@@ -316,8 +318,12 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         posterior = PosteriorNegatives(
             self.negative_sampler_, self.posterior_steps, self.posterior_step_size,
             self.n_proposals, self.n_negatives)
-        if self._time_conditional:  # no well guard: the ladder's levels are not one density
-            return LadderObjective(self.energy_reg_, None,
+        if self._time_conditional:
+            guard = (LevelWellGuard(self.well_penalty,
+                                    (float(self.noise_levels_[0]), float(self.noise_levels_[-1])),
+                                    self.energy_net_)
+                     if self.well_penalty > 0 else None)
+            return LadderObjective(self.energy_reg_, guard,
                                    levels=tuple(float(s) for s in self.noise_levels_),
                                    posterior=posterior, envelope=self.energy_net_)
         return DCDObjective(self.energy_reg_, self._well_guard(device),

@@ -57,7 +57,12 @@ PARAMS_DOC = """
         from the clipping box are penalised by ``well_penalty · relu(min E(x_pos) - 1 -
         E(u))²``, i.e. wherever the energy falls more than 1 nat below every data point of
         the batch. Negatives near the data never visit such a well, and one of them can hold
-        most of the mass (:ref:`defaults`). ``0`` disables it.
+        most of the mass (:ref:`defaults`). A time-conditional energy is guarded level by
+        level instead: at a random level ``σ``, 64 probes drawn from the envelope diffused
+        to ``σ`` take 5 Langevin steps on ``E(·, σ)`` and are penalised by ``well_penalty ·
+        relu(mean E(x_σ, σ) - margin - E(u, σ))`` against data diffused to ``σ``, with
+        ``margin = 1 + d/2 + 3 sqrt(d/2)`` (the energy of samples lies about ``d/2`` below
+        the data's at a mode). ``0`` disables it.
     standardize : bool, default=True
         Fit on ``(X - mean) / std``. All public methods work in input units and
         ``score_samples`` includes the Jacobian.

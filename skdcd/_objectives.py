@@ -48,13 +48,65 @@ class WellGuard:
     low: torch.Tensor  # (d,) the box's corner
     span: torch.Tensor  # (d,) its widths
 
-    def __call__(self, net: EnergyFn, e_pos: torch.Tensor,
+    def __call__(self, net: EnergyFn, x_pos: torch.Tensor, e_pos: torch.Tensor,
                  generator: torch.Generator) -> torch.Tensor:
         u = self.low + self.span * torch.rand((WELL_PROBES, self.low.shape[0]),
                                               generator=generator,
                                               device=self.low.device)  # (P, d)
         floor = e_pos.detach().min() - 1.0
         return self.penalty * torch.relu(floor - net(u)).pow(2).mean().float()
+
+
+@dataclass
+class LevelWellGuard:
+    """The well guard of a time-conditional energy ``E(x, σ)``, one level per step.
+
+    A box's uniform points almost never land in a well in many dimensions, and each level is
+    its own density. Instead, at a level ``σ`` drawn log-uniformly over the ladder,
+    ``WELL_PROBES`` probes start from the envelope diffused to ``σ`` (broad: it covers the
+    space between the data) and take ``steps`` of unadjusted Langevin on ``E(·, σ)``, which
+    carries them into any deep well nearby. The penalty is
+
+        penalty · mean relu(mean E(x_σ, σ) - margin - E(u, σ)),
+
+    ``x_σ`` as many rows of the batch diffused to ``σ``: no probe may sit far below the
+    diffused data of its level. ``margin = 1 + d/2 + 3 sqrt(d/2)``: a model sample's energy
+    lies below the data's mean by about ``d/2`` at a mode and by a few ``sqrt(d/2)`` across
+    the typical set, so the guard leaves true modes alone and catches wells. Both sides
+    carry gradient: a floor held fixed would let the penalty lift every energy together,
+    the floor with them, without bound; the hinge is linear so that a deep well found late
+    does not swamp the step.
+    """
+
+    penalty: float
+    levels: tuple[float, float]  # the ladder's narrowest and widest level
+    envelope: torch.nn.Module  # the EnvelopedEnergy: the probes' starting distribution
+    steps: int = 5
+    step_size: float = 0.1  # ULA step as a fraction of σ²
+
+    def __call__(self, net: EnergyFn, x_pos: torch.Tensor, e_pos: torch.Tensor | None,
+                 generator: torch.Generator) -> torch.Tensor:
+        n, d = min(WELL_PROBES, x_pos.shape[0]), x_pos.shape[1]
+        low, high = self.levels
+        u01 = float(torch.rand((), generator=generator, device=x_pos.device))
+        sigma = torch.full((n, 1), low * (high / low) ** u01, dtype=x_pos.dtype,
+                           device=x_pos.device)
+        x_sigma = diff.perturb(x_pos[:n], torch.ones_like(sigma), sigma, generator=generator)
+        if self.envelope.envelope_std is None:  # no envelope: the data at the widest level
+            start, spread = x_pos[:n], torch.full_like(sigma, high)
+        else:
+            start, spread = self.envelope.envelope_sample(n, 0.0, d, generator), sigma
+        # the envelope diffused to σ is the envelope's draw plus N(0, σ² I)
+        probes = diff.perturb(start.to(x_pos.dtype), torch.ones_like(sigma), spread,
+                              generator=generator)
+
+        def energy_fn(x: torch.Tensor) -> torch.Tensor:
+            return net(x, sigma)
+
+        probes = samplers.ula(energy_fn, probes, n_steps=self.steps,
+                              step_size=self.step_size * sigma**2, generator=generator)
+        floor = energy_fn(x_sigma).mean() - (1.0 + d / 2 + 3.0 * math.sqrt(d / 2))
+        return self.penalty * torch.relu(floor - energy_fn(probes.detach())).mean().float()
 
 
 @dataclass
@@ -65,12 +117,12 @@ class ContrastiveObjective(ABC):
     ----------
     energy_reg : float
         ``λ``, the weight of the energy-magnitude penalty.
-    well : WellGuard or None
+    well : WellGuard, LevelWellGuard or None
         The spurious-well guard, added to the loss when given.
     """
 
     energy_reg: float
-    well: WellGuard | None
+    well: WellGuard | LevelWellGuard | None
 
     def __call__(self, net: EnergyFn, x_pos: torch.Tensor,
                  generator: torch.Generator) -> torch.Tensor:
@@ -79,7 +131,7 @@ class ContrastiveObjective(ABC):
         e_pos = e_pos.float()
         loss = e_pos.mean() - neg_mean.float() + self.energy_reg * square.float()
         if self.well is not None:
-            loss = loss + self.well(net, e_pos, generator)
+            loss = loss + self.well(net, x_pos, e_pos, generator)
         return loss
 
     @abstractmethod

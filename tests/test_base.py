@@ -703,12 +703,12 @@ def test_well_loss_is_the_squared_depth_below_the_floor():
     e_pos = torch.tensor([0.0, 0.7, 2.0])  # the floor is min - 1 = -1
     g = torch.Generator().manual_seed(0)
     flat = _Well(0.0, [0.0, 0.0], offset=-3.0)  # 2 nats below the floor everywhere
-    assert guard(flat, e_pos, g).item() == pytest.approx(4.0)
-    assert WellGuard(0.5, guard.low, guard.span)(flat, e_pos, g).item() == pytest.approx(2.0)
+    assert guard(flat, None, e_pos, g).item() == pytest.approx(4.0)
+    assert WellGuard(0.5, guard.low, guard.span)(flat, None, e_pos, g).item() == pytest.approx(2.0)
     above = _Well(0.0, [0.0, 0.0], offset=-0.5)  # nowhere below the floor
-    assert guard(above, e_pos, g).item() == 0.0
+    assert guard(above, None, e_pos, g).item() == 0.0
     well = _Well(20.0, [3.0, 3.0])
-    loss = guard(well, e_pos, g)
+    loss = guard(well, None, e_pos, g)
     loss.backward()
     assert float(loss) > 0 and float(well.depth.grad) > 0  # descent makes the well shallower
     assert WELL_PROBES >= 32
@@ -731,6 +731,37 @@ def test_well_penalty_removes_a_well_that_negatives_never_visit(blobs):
         est.fit(blobs)
         depths[penalty] = float(est.energy_net_.net.depth)
     assert depths[0.0] > 29.9 and depths[1.0] < 20
+
+
+class _LevelWell(torch.nn.Module):
+    """``E(x, σ) = ‖x‖² / 2 - depth · exp(-‖x - c‖² / 2)``: N(0, I) at every level, plus a well."""
+
+    def __init__(self, depth, center):
+        super().__init__()
+        self.depth = torch.nn.Parameter(torch.tensor(float(depth)))
+        self.center = torch.tensor(center)
+
+    def forward(self, x, sigma):
+        return (0.5 * x.pow(2).sum(1)
+                - self.depth * torch.exp(-0.5 * (x - self.center).pow(2).sum(1)))
+
+
+def test_level_guard_spares_true_modes_and_penalises_wells():
+    from skdcd._objectives import LevelWellGuard
+    from skdcd.networks import EnvelopedEnergy, MLPEnergy
+
+    d = 2
+    envelope = EnvelopedEnergy(MLPEnergy(d, (4,)), envelope_std=3.0)  # probes start N(0, 9 I)
+    guard = LevelWellGuard(1.0, (0.05, 1.0), envelope)
+    g = torch.Generator().manual_seed(0)
+    x_pos = torch.randn((256, d), generator=g)  # the data are the model: nothing to penalise
+    assert guard(_LevelWell(0.0, [0.0] * d), x_pos, None, g).item() == 0.0
+    # a well of 100 nats where no data point is but the envelope's probes reach: the
+    # penalty is positive, and descent on it makes the well shallower
+    well = _LevelWell(100.0, [3.0] + [0.0] * (d - 1))
+    loss = guard(well, x_pos, None, g)
+    loss.backward()
+    assert float(loss) > 1 and float(well.depth.grad) > 0
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
