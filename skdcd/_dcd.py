@@ -119,8 +119,9 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     n_proposals : int, default=48
         Proposals per example for the importance sampler
         (:func:`skdcd.samplers.laplace_proposals`): half from the kernel and half from a
-        Laplace fit of the posterior or, with the wide levels of ``noise_std="auto"``, a
-        third each from these and from the posterior of the batch's own rows (each row
+        Laplace fit of the posterior or, wherever levels reach 0.2 (the wide levels of
+        ``noise_std="auto"``, or a ``noise_std`` of 0.2 or more), a third each from these
+        and from the posterior of the batch's own rows (each row
         chosen with its kernel likelihood given ``x_t``, jittered by ``N(0, 0.1² I)``),
         the only ones that reach narrow modes at a wide ``σ``. Self-normalised weights of
         few proposals bias the negatives wherever the posterior is narrower than the
@@ -326,9 +327,14 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             return LadderObjective(self.energy_reg_, guard,
                                    levels=tuple(float(s) for s in self.noise_levels_),
                                    posterior=posterior, envelope=self.energy_net_)
+        # data proposals wherever a level reaches across modes: without them the importance
+        # weights of a wide posterior favour the modes nearest x_t (issue 26: -0.35 bias)
+        top = float(np.max(self.noise_std_))
         return DCDObjective(self.energy_reg_, self._well_guard(device),
                             diffusion=self.diffusion, noise_std=self.noise_std_,
-                            wide=self.wide_noise_, posterior=posterior)
+                            wide=self.wide_noise_, posterior=posterior,
+                            data_proposals=bool(self.wide_noise_ is not None
+                            or top >= _WIDE_NOISE[1]))
 
     def _model(self, device: torch.device) -> inference.Model:
         fields = self._model_fields(device)

@@ -304,6 +304,7 @@ class DCDObjective(_MarginalObjective):
     noise_std: float | tuple[float, float] = 0.1
     wide: tuple[float, float, float] | None = None
     posterior: PosteriorNegatives | None = None
+    data_proposals: bool = False  # the batch's rows lend the importance sampler proposals
 
     def noised(self, x_pos: torch.Tensor, generator: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -318,7 +319,7 @@ class DCDObjective(_MarginalObjective):
         """Mean and mean squared energy of posterior negatives given the diffused batch."""
         x_t, alpha, sigma = self.noised(x_pos, generator)
         # the batch's rows lend proposals that reach narrow modes at the wide levels
-        data = x_pos if self.wide is not None else None
+        data = x_pos if self.data_proposals else None
         return self.posterior.energies(net, x_t, alpha, sigma, generator, data=data)
 
 

@@ -32,6 +32,7 @@ def _objective(diffusion="ve", noise_std=0.1, sampler="importance", n_proposals=
                steps=10, step_size=0.1, n_negatives=8, wide=None):
     """The DCD objective of these settings (no penalty, no well guard)."""
     return DCDObjective(0.0, None, diffusion=diffusion, noise_std=noise_std, wide=wide,
+                        data_proposals=wide is not None,
                         posterior=PosteriorNegatives(sampler, steps, step_size, n_proposals,
                                                      n_negatives))
 
@@ -173,6 +174,15 @@ def test_wide_levels_take_their_fraction_of_the_batch_and_lend_it_proposals(wide
             objective.negative_energies(lambda x: x.sum(1), torch.zeros(3, 2),
                                         torch.Generator().manual_seed(0))
     assert (calls[0] is not None) == (wide is not None)
+
+
+@pytest.mark.parametrize(("noise_std", "expected"), [
+    ((0.05, 0.7), True),  # regression: an explicit range had no data proposals (bias -0.35)
+    (0.4, True), ("auto", True), (0.1, False), ((0.01, 0.1), False)])
+def test_data_proposals_whenever_a_level_reaches_across_modes(noise_std, expected):
+    X = np.random.default_rng(0).standard_normal((64, 2))
+    est = DCDEnergyEstimator(noise_std=noise_std, max_iter=1, random_state=0).fit(X)
+    assert est._objective(torch.device("cpu")).data_proposals is expected
 
 
 def test_partial_fit_on_rows_at_the_float_limit_does_not_crash_the_data_proposals():
