@@ -14,7 +14,7 @@ import importlib
 import time
 from pathlib import Path
 
-from benchmarks.common import HERE, meta, read_json, write_json
+from benchmarks.common import HERE, merge_models, meta, read_json, write_json
 from benchmarks.report import SECTIONS, write_report
 
 MODEL_SECTIONS = ("digits", "highdim")  # sections whose run() takes models=[...]
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         elif "models" in kwargs:
             if not path.exists():
                 parser.error(f"--models replaces rows of an earlier full {name} run; none found")
-            result = module.merge_models(read_json(path), result)
+            result = merge_models(read_json(path), result)
         write_json(path, result)
         print(f"[benchmarks] {name} done in {seconds:.0f} s", flush=True)
     print(f"wrote {write_report(out)}")

@@ -130,6 +130,22 @@ def parallel_map(fn: Callable, jobs: Iterable[dict], n_jobs: int) -> list:
         delayed(_one_thread_call)(fn, kw) for kw in jobs)
 
 
+def merge_models(old: dict, new: dict) -> dict:
+    """``old`` with the rows of the methods that ``new`` reran replaced by ``new``'s.
+
+    For sections whose ``run`` takes ``models`` (``--models``): the other methods, and what
+    was tuned for them, stay as they were; ``runs`` records which code version produced
+    which methods.
+    """
+    if new["settings"]["seeds"] != old["settings"]["seeds"]:
+        raise ValueError("rerun the models with the seeds of the full run: "
+                         f"{old['settings']['seeds']}")
+    ran = set(new["settings"]["models"])
+    rows = [r for r in old["rows"] if r["method"] not in ran] + new["rows"]
+    earlier = old.get("runs") or {"": old["meta"]}
+    return {**old, "rows": rows, "runs": {**earlier, " ".join(sorted(ran)): new["meta"]}}
+
+
 def spread(values) -> dict:
     """Mean, standard deviation, min, max and count of a list of numbers."""
     v = np.asarray(list(values), dtype=float)

@@ -316,22 +316,6 @@ def run(*, quick: bool, seeds: list[int], n_jobs: int, models: list[str] | None 
                 rows=rows, chosen=chosen, real=_grid(X_test))
 
 
-def merge_models(old: dict, new: dict) -> dict:
-    """``old`` with the rows of the models that ``new`` reran replaced by ``new``'s.
-
-    The baselines, their tuning and the other models stay as they were; ``runs`` records
-    which code version produced which models.
-    """
-    if new["settings"]["seeds"] != old["settings"]["seeds"]:
-        raise ValueError("rerun the models with the seeds of the full run: "
-                         f"{old['settings']['seeds']}")
-    ran = set(new["settings"]["models"])
-    rows = [r for r in old["rows"] if r["method"] not in ran] + new["rows"]
-    earlier = old.get("runs") or {"": old["meta"]}
-    runs = {**earlier, " ".join(sorted(ran)): new["meta"]}
-    return {**old, "rows": rows, "runs": runs}
-
-
 # ---------------------------------------------------------------------------- report
 LABELS = {"noisy": "noisy input", "pca": "PCA", "kpca": "KernelPCA", "wiener": "Wiener",
           "dcd-tc": "DCD time-cond.", "dcd": "DCD marginal",

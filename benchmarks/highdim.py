@@ -218,18 +218,6 @@ def run(*, quick: bool, seeds: list[int], n_jobs: int, models: list[str] | None 
     return dict(settings=settings, rows=rows)
 
 
-def merge_models(old: dict, new: dict) -> dict:
-    """``old`` with the rows of the methods that ``new`` reran replaced by ``new``'s;
-    ``runs`` records which code version produced which methods."""
-    if new["settings"]["seeds"] != old["settings"]["seeds"]:
-        raise ValueError("rerun the methods with the seeds of the full run: "
-                         f"{old['settings']['seeds']}")
-    ran = set(new["settings"]["models"])
-    rows = [r for r in old["rows"] if r["method"] not in ran] + new["rows"]
-    earlier = old.get("runs") or {"": old["meta"]}
-    return {**old, "rows": rows, "runs": {**earlier, " ".join(sorted(ran)): new["meta"]}}
-
-
 # --------------------------------------------------------------------------- report
 def _cells(rows, dataset, method) -> tuple[dict | None, dict | None]:
     sel = [r for r in rows if r["dataset"] == dataset and r["method"] == method]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from benchmarks.__main__ import _merge_experiments
-from benchmarks.common import same_package_code, spread, write_json
-from benchmarks.digits import generation_excess, merge_models
+from benchmarks.common import merge_models, same_package_code, spread, write_json
+from benchmarks.digits import generation_excess
 from benchmarks.report import targets, write_report
 
 
@@ -292,16 +292,3 @@ def test_highdim_densities_match_scipy_and_sum_over_rotated_blocks():
                        + blocks[1].log_prob(Z[:, 2:]), atol=1e-12)
     assert np.allclose(density.rotation @ density.rotation.T, np.eye(4), atol=1e-12)
 
-
-def test_highdim_merge_replaces_only_the_rerun_methods():
-    from benchmarks.highdim import merge_models as merge_highdim
-
-    old = {"rows": [{"method": "dcd", "v": 1}, {"method": "gmm", "v": 1}],
-           "settings": {"seeds": [0], "models": ["dcd", "gmm"]}, "meta": {"commit": "a"}}
-    new = {"rows": [{"method": "dcd", "v": 2}],
-           "settings": {"seeds": [0], "models": ["dcd"]}, "meta": {"commit": "b"}}
-    merged = merge_highdim(old, new)
-    assert sorted((r["method"], r["v"]) for r in merged["rows"]) == [("dcd", 2), ("gmm", 1)]
-    assert merged["runs"]["dcd"]["commit"] == "b"
-    with pytest.raises(ValueError, match="seeds"):
-        merge_highdim(old, {**new, "settings": {"seeds": [1], "models": ["dcd"]}})
