@@ -762,6 +762,9 @@ def test_level_guard_spares_true_modes_and_penalises_wells():
     loss = guard(well, x_pos, None, g)
     loss.backward()
     assert float(loss) > 1 and float(well.depth.grad) > 0
+    # without an envelope the probes start from the data diffused to the widest level
+    bare = LevelWellGuard(1.0, (0.05, 1.0), EnvelopedEnergy(MLPEnergy(d, (4,)), None))
+    assert float(bare(_LevelWell(100.0, [0.0] * d), x_pos, None, g)) > 0
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
