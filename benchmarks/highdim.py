@@ -89,7 +89,7 @@ class Density:
         parts = []
         for w, m, L in zip(self.weights, self.means, self.chols, strict=True):
             y = np.linalg.solve(L, (X - m).T)  # (d, n)
-            log_det = np.log(np.abs(np.diag(np.linalg.qr(L)[1]))).sum()
+            log_det = np.linalg.slogdet(L)[1]
             parts.append(math.log(w) - 0.5 * (y**2).sum(axis=0) - log_det
                          - 0.5 * self.d * math.log(2 * math.pi))
         return logsumexp(np.stack(parts), axis=0)
@@ -102,8 +102,9 @@ def _gmm(X, seed, quick):
     best, best_bic = None, np.inf
     for k in (1, 2) if quick else (1, 2, 4, 8, 16, 32):
         gmm = GaussianMixture(k, covariance_type="full", random_state=seed).fit(X)
-        if gmm.bic(X) < best_bic:
-            best, best_bic = gmm, gmm.bic(X)
+        bic = gmm.bic(X)
+        if bic < best_bic:
+            best, best_bic = gmm, bic
     return best.score_samples, {"n_components": best.n_components}
 
 

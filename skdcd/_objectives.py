@@ -88,9 +88,9 @@ class LevelWellGuard:
                  generator: torch.Generator) -> torch.Tensor:
         n, d = min(WELL_PROBES, x_pos.shape[0]), x_pos.shape[1]
         low, high = self.levels
-        u01 = float(torch.rand((), generator=generator, device=x_pos.device))
-        sigma = torch.full((n, 1), low * (high / low) ** u01, dtype=x_pos.dtype,
-                           device=x_pos.device)
+        # the level stays on the device: a Python float would sync a GPU every step
+        u01 = torch.rand((), generator=generator, device=x_pos.device).double()
+        sigma = (low * (high / low) ** u01).to(x_pos.dtype).expand(n, 1)
         x_sigma = diff.perturb(x_pos[:n], torch.ones_like(sigma), sigma, generator=generator)
         if self.envelope.envelope_std is None:  # no envelope: the data at the widest level
             start, spread = x_pos[:n], torch.full_like(sigma, high)
