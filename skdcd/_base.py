@@ -12,6 +12,7 @@ abstract hooks and nothing else.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from abc import ABCMeta, abstractmethod
@@ -149,8 +150,12 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
 
     # ------------------------------------------------------------------ validation
     def _validate_X(self, X, *, reset: bool) -> np.ndarray:
-        return validate_data(self, X, reset=reset, dtype=[np.float64, np.float32],
-                             force_writeable=True)
+        if isinstance(X, torch.Tensor):  # a tensor that requires grad has no numpy view
+            X = X.detach().cpu()
+        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32],
+                          force_writeable=True)
+        # one memory layout, so that C, Fortran and DataFrame inputs fit bit-identically
+        return np.ascontiguousarray(X)
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
@@ -180,17 +185,19 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         >>> est.n_iter_, len(est.loss_curve_), est.n_features_in_
         (2, 2, 2)
         """
-        warm = self.warm_start and hasattr(self, "energy_net_")
-        X = self._validate_X(X, reset=not warm)
-        _check_params(self.get_params(deep=False), X.shape[1])
-        if warm:
-            self._resolve(None)
-        else:
-            self._start(X)
-        n_batches = math.ceil(X.shape[0] / min(self.batch_size, X.shape[0]))
-        n_epochs = (math.ceil(STEPS_PER_FIT / n_batches) if self.max_iter == "auto"
-                    else self.max_iter)
-        self._train(X, n_epochs, cosine=self.lr_schedule == "cosine")
+        with _Transaction(self) as before:
+            warm = self.warm_start and hasattr(self, "energy_net_")
+            X = self._validate_X(X, reset=not warm)
+            _check_params(self, X.shape[1])
+            if warm:
+                self._resolve(None)
+            else:
+                self._start(X)
+            n_batches = math.ceil(X.shape[0] / min(self.batch_size, X.shape[0]))
+            n_epochs = (math.ceil(STEPS_PER_FIT / n_batches) if self.max_iter == "auto"
+                        else self.max_iter)
+            self._train(X, n_epochs, cosine=self.lr_schedule == "cosine", cold=not warm,
+                        before=before)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -225,14 +232,15 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         >>> est.n_iter_, len(est.loss_curve_)
         (4, 4)
         """
-        first = not hasattr(self, "energy_net_")
-        X = self._validate_X(X, reset=first)
-        if first:
-            _check_params(self.get_params(deep=False), X.shape[1])
-            self._start(X)
-        else:
-            self._resolve(None)
-        self._train(X, 1, cosine=False)
+        with _Transaction(self) as before:
+            first = not hasattr(self, "energy_net_")
+            X = self._validate_X(X, reset=first)
+            if first:
+                _check_params(self, X.shape[1])
+                self._start(X)
+            else:
+                self._resolve(None)
+            self._train(X, 1, cosine=False, cold=first, before=before)
         return self
 
     def _start(self, X: np.ndarray) -> None:
@@ -266,7 +274,8 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         """A fresh energy network of the kind the parameters (and fitted kind) say."""
         return _energy_network(self.get_params(deep=False), n_features, self._time_conditional)
 
-    def _train(self, X: np.ndarray, n_epochs: int, *, cosine: bool) -> None:
+    def _train(self, X: np.ndarray, n_epochs: int, *, cosine: bool, cold: bool,
+               before: _Transaction) -> None:
         device = fit_device(self.device)
         Z = self._standardize_finite(X)  # before any state changes: nothing is lost
         self._z_low = np.minimum(self._z_low, Z.min(axis=0))
@@ -282,6 +291,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
             mixed_precision=self.mixed_precision)
         state = training.FitState(self.t_, self.n_iter_, self.loss_curve_,
                                   self._optimizer_state)
+        n_iter_before = self.n_iter_
         self._cache.clear()
         try:
             diverged = training.run(
@@ -293,7 +303,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
             self._optimizer_state = state.optimizer_state
             self.__dict__.update(objective.fitted_state())
         if diverged:
-            self._on_divergence()
+            self._on_divergence(self.n_iter_ - n_iter_before, cold, before)
 
     def _well_guard(self, device: torch.device) -> WellGuard | None:
         """The spurious-well guard over the clipping box (``well_penalty``), or None."""
@@ -306,22 +316,29 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
             torch.as_tensor(self._z_high - self._z_low + 2 * margin, dtype=torch.float32,
                             device=device))
 
-    def _on_divergence(self) -> None:
-        """The documented divergence rule (see ``max_grad_norm`` in the class docstring)."""
+    def _on_divergence(self, n_completed: int, cold: bool, before: _Transaction) -> None:
+        """The documented divergence rule (see ``max_grad_norm`` in the class docstring).
+
+        ``n_completed``: the epochs that this call completed before the one that diverged.
+        """
         where = f"epoch {self.n_iter_ + 1}"
         advice = ("Try a smaller learning_rate, a larger energy_reg or max_grad_norm "
                   "(e.g. 10).")
-        if self.n_iter_ == 0:
-            # nothing was ever learnt: a model at its random initialisation would score
-            # and sample as if fitted, so it is discarded instead
-            del self.energy_net_
+        if n_completed == 0 and cold:
+            # nothing was learnt from X: a model at its random initialisation would score
+            # and sample as if fitted; the transaction restores the estimator as it was
             raise ValueError(
                 f"Training diverged (non-finite loss or gradient) in {where}, before any "
-                f"epoch completed; the estimator is left unfitted. {advice}")
+                f"epoch completed; the estimator is left as it was before this call. "
+                f"{advice}")
+        if n_completed == 0:
+            before.rollback()  # the clipping box and the replay buffer too
+            what = "left the estimator as it was before this call"
+        else:
+            what = "restored the weights and optimizer state from the start of that epoch"
         warnings.warn(
             f"Training diverged (non-finite loss or gradient) in {where}; stopped and "
-            f"restored the weights and optimizer state from the start of that epoch. {advice}",
-            ConvergenceWarning, stacklevel=4,
+            f"{what}. {advice}", ConvergenceWarning, stacklevel=4,
         )
 
     # ------------------------------------------------------------------ inference helpers
@@ -353,8 +370,51 @@ def _positive_ints(values) -> bool:
         isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in values)
 
 
-def _check_params(params: dict, n_features: int) -> None:
-    """Checks that ``_parameter_constraints`` cannot express, shared by every estimator."""
+class _Transaction:
+    """Restores an estimator's fitted state if a ``fit`` or ``partial_fit`` fails.
+
+    The state at entry is copied (the network's weights by value); any exception,
+    ``KeyboardInterrupt`` included, restores it, so a failed call leaves the estimator
+    exactly as it was. :meth:`rollback` restores it without an exception.
+    """
+
+    def __init__(self, est: BaseEnergyEstimator) -> None:
+        self.est = est
+        params = est.get_params(deep=False)
+        net = est.__dict__.get("energy_net_")
+        self.weights = None if net is None else copy.deepcopy(net.state_dict())
+        self.state = {k: v if k in params or k == "energy_net_" else copy.deepcopy(v)
+                      for k, v in est.__dict__.items()}
+
+    def __enter__(self) -> _Transaction:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            self.rollback()
+
+    def rollback(self) -> None:
+        """Put back the state at entry."""
+        params = self.est.get_params(deep=False)
+        self.est.__dict__.clear()
+        self.est.__dict__.update({k: copy.deepcopy(v) if k not in params and
+                                  k != "energy_net_" else v for k, v in self.state.items()})
+        if self.weights is not None:
+            self.est.energy_net_.load_state_dict(self.weights)
+            self.est.energy_net_.to("cpu").eval()
+
+
+def _check_params(est: BaseEstimator, n_features: int, *, check_device: bool = True) -> None:
+    """Checks that ``_parameter_constraints`` cannot express, shared by every estimator.
+
+    ``check_device=False`` (at ``load``) accepts a device that this machine lacks.
+    """
+    params = est.get_params(deep=False)
+    for name, constraints in est._parameter_constraints.items():
+        if (isinstance(params[name], bool | np.bool_)
+                and not {"boolean", "verbose"} & set(map(str, constraints))):
+            raise ValueError(f"The '{name}' parameter of {type(est).__name__} must not be a "
+                             f"bool, got {params[name]!r}.")
     sizes = params["hidden_layer_sizes"]
     custom = params["energy_net"] is not None
     if not custom and not _positive_ints(sizes):
@@ -376,7 +436,8 @@ def _check_params(params: dict, n_features: int) -> None:
         raise ValueError(
             f"log_partition='quadrature' needs n_features <= 2, got {n_features}; "
             "use 'ais' or 'auto'.")
-    fit_device(params["device"])
+    if check_device:
+        fit_device(params["device"])
 
 
 def _standardization(X: np.ndarray, standardize: bool,
@@ -388,8 +449,9 @@ def _standardization(X: np.ndarray, standardize: bool,
     # per-pixel scaling would blow up the near-constant border pixels of images
     axis = None if image else 0
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below
-        mean = np.broadcast_to(X.mean(axis=axis), (n_features,)).copy()
-        scale = np.broadcast_to(X.std(axis=axis), (n_features,)).copy()
+        # in float64 whatever X's dtype: the model's coordinates do not depend on it
+        mean = np.broadcast_to(X.mean(axis=axis, dtype=np.float64), (n_features,)).copy()
+        scale = np.broadcast_to(X.std(axis=axis, dtype=np.float64), (n_features,)).copy()
     scale = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean)), scale, 1.0)
     if not (np.isfinite(mean).all() and np.isfinite(scale).all()):
         raise ValueError(

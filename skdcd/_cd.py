@@ -92,6 +92,8 @@ class CDEnergyEstimator(BaseEnergyEstimator):
         self.buffer_size = buffer_size
         self.reinit_prob = reinit_prob
 
+    _SAVED_STATE = ("_buffer",)
+
     def _resolve(self, Z: np.ndarray | None) -> None:
         """CD has no ``"auto"`` settings and no checks beyond the shared ones."""
 

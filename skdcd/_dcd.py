@@ -231,6 +231,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     _PARAM_UPGRADES = {  # resample_proposals=True back-propagated one resampled proposal
         "resample_proposals": ("n_negatives", lambda resample: 1 if resample else None)}
     _RESOLVED = ("negative_sampler_", "energy_reg_", "noise_std_", "wide_noise_")
+    _SAVED_STATE = ("noise_levels_",)
 
     @property
     def time_conditional_(self) -> bool:

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,21 +23,43 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     """Write through a temporary file in the same folder, then rename it into place.
 
     A failure half-way leaves any previous file at ``path`` intact and no temporary file.
+    An existing file keeps its permissions; a new one gets the umask's. Anything at
+    ``path`` that is not a regular file (a device, a FIFO, a folder) is refused with a
+    ``ValueError``, never replaced.
     """
     path = Path(path)
+    mode = existing_file_mode(path)
+    # a short temporary name: a file name near the system's limit must still work
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
-                               prefix=f".{path.name}.", suffix=".part")
+                               prefix=".skdcd-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask  # mkstemp makes 0600 files
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def existing_file_mode(path: str | os.PathLike) -> int | None:
+    """The permission bits of the regular file at ``path``, or None if there is none.
+
+    Raises ``ValueError`` if ``path`` exists but is not a regular file.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{os.fspath(path)!r} exists and is not a regular file; "
+                         "refusing to replace it.")
+    return stat.S_IMODE(info.st_mode)
 
 
 class CLIError(Exception):
@@ -138,6 +161,8 @@ def read_data(path: str) -> np.ndarray:
         raise CLIError(f"data file not found: {path}")
     if p.is_dir():
         raise CLIError(f"{path} is a folder, not a data file")
+    if not p.is_file():  # a device or a FIFO could be endless, or never end
+        raise CLIError(f"{path} is not a regular file")
     if p.suffix.lower() != ".npy":
         return _read_csv(p)
     try:
@@ -159,17 +184,22 @@ def read_data(path: str) -> np.ndarray:
     return X
 
 
-def _check_out(path: str, suffixes: Sequence[str] | None = None) -> Path:
-    """Validate an output path before any work is done."""
+def _check_out(path: str, suffixes: Sequence[str] | None = None, option: str = "--out") -> Path:
+    """Validate the output path of ``option`` before any work is done."""
     p = Path(path)
     if suffixes is not None and p.suffix.lower() not in suffixes:
-        raise CLIError(f"--out {path}: the file name must end in one of "
+        raise CLIError(f"{option} {path}: the file name must end in one of "
                        f"{', '.join(suffixes)}", code=2)
     if p.is_dir():
-        raise CLIError(f"--out {path} is a folder")
+        raise CLIError(f"{option} {path} is a folder")
+    try:
+        existing_file_mode(p)
+    except ValueError as exc:
+        raise CLIError(f"{option} {path} exists and is not a regular file (a device, a FIFO, "
+                       "...); refusing to replace it") from exc
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise CLIError(f"--out {path}: folder {parent} does not exist")
+        raise CLIError(f"{option} {path}: folder {parent} does not exist")
     return p
 
 

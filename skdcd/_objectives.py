@@ -142,6 +142,10 @@ class ContrastiveObjective(ABC):
         """Estimator attributes that the objective updated during training (none here)."""
         return {}
 
+    def restore(self, state: dict) -> None:
+        """Go back to an earlier :meth:`fitted_state` (when an epoch is rolled back)."""
+        return None  # nothing to restore here
+
 
 @dataclass
 class _MarginalObjective(ContrastiveObjective):
@@ -204,6 +208,10 @@ class CDObjective(_MarginalObjective):
     def fitted_state(self) -> dict:
         """The replay buffer, which outlives the fit."""
         return {"_buffer": self.buffer}
+
+    def restore(self, state: dict) -> None:
+        """The replay buffer of an earlier :meth:`fitted_state`."""
+        self.buffer = state["_buffer"]
 
     def negative_energies(self, net, x_pos, generator):
         """Mean and mean squared energy of :meth:`negatives`."""

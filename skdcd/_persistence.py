@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
+import stat
 import warnings
 from numbers import Integral
 
@@ -29,6 +31,10 @@ WEIGHTS_FORMAT = "skdcd-weights"
 WEIGHTS_FORMAT_VERSION = 3
 # held apart from the other fitted attributes, or not saved (the cache of log Z is)
 _APART = ("energy_net_", "_optimizer_state", "_cache", "feature_names_in_")
+# every entry of a file, since format 1
+_PAYLOAD_KEYS = {"format", "format_version", "skdcd_version", "estimator", "params",
+                 "energy_net", "optimizer", "arrays", "scalars", "tensors", "feature_names_in",
+                 "cache"}
 
 
 class InconsistentVersionWarning(UserWarning):
@@ -80,7 +86,7 @@ def save_estimator(est, path: str | os.PathLike) -> None:
     for name, value in vars(est).items():
         if name in params or name in _APART:
             continue
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray):  # float64, as fit computes them
             arrays[name] = torch.from_numpy(np.asarray(value, dtype=np.float64))
         elif isinstance(value, torch.Tensor):
             tensors[name] = value
@@ -101,56 +107,240 @@ def save_estimator(est, path: str | os.PathLike) -> None:
 
 
 def load_estimator(cls, path: str | os.PathLike, energy_net=None):
-    """Read an estimator of class ``cls`` (or, for the base class, the file's own) from ``path``."""
+    """Read an estimator of class ``cls`` (or, for the base class, the file's own) from ``path``.
+
+    Every way in which the file can be wrong, truncated or tampered with raises one
+    ``ValueError`` that names it; the network is built only once its sizes match the
+    file's tensors (checked on the ``meta`` device, which allocates nothing).
+    """
+    name = os.fspath(path)
     payload = _read(cls, path)
+    try:
+        return _from_payload(cls, payload, energy_net)
+    except Exception as exc:  # a malformed entry fails in many ways: one error for all
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"cannot load {name!r}: {message}") from exc
+
+
+def _from_payload(cls, payload: dict, energy_net):
+    """The estimator that a checked payload describes (raises on any inconsistency)."""
     if inspect.isabstract(cls):  # the base class: whichever estimator the file holds
         cls = {c.__name__: c for c in cls.__subclasses__()}.get(payload["estimator"], cls)
     if payload["estimator"] != cls.__name__:
-        raise ValueError(f"{os.fspath(path)!r} holds a {payload['estimator']}; load it "
+        raise ValueError(f"the file holds a {payload['estimator']}; load it "
                          f"with {payload['estimator']}.load.")
     warn_if_other_version(cls.__name__, payload["skdcd_version"])
-    params = _from_json(json.loads(payload["params"]))
-    if params["energy_net"] == "custom" and energy_net is None:
-        raise ValueError("This model was fitted with a custom energy_net; pass the same "
+    params = _json_dict(payload["params"], "params")
+    custom = params.get("energy_net")
+    if custom not in ("custom", None):
+        raise ValueError(f"params: energy_net must be 'custom' or null, got {custom!r}.")
+    if custom == "custom" and energy_net is None:
+        raise ValueError("this model was fitted with a custom energy_net; pass the same "
                          "factory as load(path, energy_net=...).")
-    params["energy_net"] = energy_net if params["energy_net"] == "custom" else None
-    est = cls(**upgrade_params(cls, params))
-    for k, v in _from_json(json.loads(payload["scalars"])).items():
-        setattr(est, k, v)
-    for k, v in payload["arrays"].items():
-        setattr(est, k, v.numpy())
-    for k, v in payload["tensors"].items():
-        setattr(est, k, v)
-    if payload["feature_names_in"] is not None:
-        est.feature_names_in_ = np.asarray(payload["feature_names_in"], dtype=object)
-    net = est._build_energy_net(est.n_features_in_)
-    net.load_state_dict(payload["energy_net"])  # the network upgrades older buffers itself
-    est.energy_net_ = net.eval()
-    est._optimizer_state = payload["optimizer"]
-    est._cache = dict(payload["cache"])
+    if custom is None and energy_net is not None:
+        raise ValueError("this model has no custom energy_net; leave energy_net=None.")
+    params["energy_net"] = energy_net
+    params = upgrade_params(cls, params)
+    unknown = sorted(set(params) - set(cls().get_params(deep=False)))
+    if unknown:
+        raise ValueError(f"params: unknown parameters {unknown}.")
+    est = cls(**params)
+    est._validate_params()  # the constraints of fit, before anything is built
+    state = _fitted_state(cls, payload)
+    n_features = state["n_features_in_"]
+    from skdcd._base import _check_params  # the shared cross-parameter checks
+
+    _check_params(est, n_features, check_device=False)
+    est.__dict__.update(state)
+    names = payload["feature_names_in"]
+    if names is not None:
+        if not (isinstance(names, list) and len(names) == n_features
+                and all(isinstance(n, str) for n in names)):
+            raise ValueError("feature_names_in must be null or one string per feature.")
+        est.feature_names_in_ = np.asarray(names, dtype=object)
+    est.energy_net_ = _network(est, n_features, payload["energy_net"])
+    est._optimizer_state = _optimizer_state(est.energy_net_, payload["optimizer"])
+    est._cache = _cache(payload["cache"])
     est._upgrade_resolved()
     return est
 
 
+def _fitted_state(cls, payload: dict) -> dict:
+    """The fitted attributes of ``scalars``, ``arrays`` and ``tensors``, each checked."""
+    scalars = _json_dict(payload["scalars"], "scalars")
+    arrays, tensors = payload["arrays"], payload["tensors"]
+    if not (isinstance(arrays, dict) and isinstance(tensors, dict)):
+        raise ValueError("arrays and tensors must be dictionaries.")
+    allowed = set(_COMMON_STATE) | set(cls._RESOLVED) | set(cls._SAVED_STATE)
+    entries = {**scalars, **arrays, **tensors}
+    if len(entries) != len(scalars) + len(arrays) + len(tensors):
+        raise ValueError("a fitted attribute is stored twice.")
+    unknown = sorted(set(entries) - allowed)
+    missing = sorted(set(_REQUIRED_STATE) - set(entries))
+    if unknown or missing:
+        raise ValueError(f"unknown fitted attributes {unknown}, missing {missing}.")
+    d = scalars["n_features_in_"]
+    if not _is_int(d, 1):
+        raise ValueError(f"n_features_in_ must be a positive integer, got {d!r}.")
+    state = {}
+    for key, value in scalars.items():
+        if not _SCALAR_CHECKS.get(key, _is_none)(value):
+            raise ValueError(f"scalars: {key} = {value!r} is not valid.")
+        state[key] = value
+    for key, value in arrays.items():
+        state[key] = _array(key, value, d)
+    for key, value in tensors.items():
+        if value is None and key == "_buffer":  # older files keep an undrawn buffer here
+            state[key] = value
+            continue
+        if not (key == "_buffer" and isinstance(value, torch.Tensor) and value.ndim == 2
+                and value.shape[1] == d and value.dtype == torch.float32
+                and bool(torch.isfinite(value).all())):
+            raise ValueError(f"tensors: {key} is not a finite float32 (n, {d}) tensor.")
+        state[key] = value
+    return state
+
+
+def _array(key: str, value, d: int) -> np.ndarray:
+    """A fitted array of the file, checked for its dtype, shape and values."""
+    if not (isinstance(value, torch.Tensor) and value.dtype in (torch.float64, torch.float32)):
+        raise ValueError(f"arrays: {key} is not a float tensor.")
+    a = value.numpy()
+    shapes = {"_base_means": (None, d), "_base_covs": (None, d), "_base_weights": (None,),
+              "noise_levels_": (None,)}
+    shape = shapes.get(key, (d,))
+    if key == "_base_covs" and a.ndim == 3:  # full covariances
+        shape = (None, d, d)
+    if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape,
+                                                                              strict=True)):
+        raise ValueError(f"arrays: {key} has shape {a.shape}, expected {shape}.")
+    if not np.isfinite(a).all() or a.size == 0:
+        raise ValueError(f"arrays: {key} is empty or not finite.")
+    if key in ("scale_", "_base_std", "noise_levels_", "_base_weights") and not (a > 0).all():
+        raise ValueError(f"arrays: {key} must be positive.")
+    return a
+
+
+def _network(est, n_features: int, weights) -> torch.nn.Module:
+    """The fitted network, built for real only once the file's weights fit its shape."""
+    if not (isinstance(weights, dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items())):
+        raise ValueError("energy_net must map names to tensors.")
+    for key, value in weights.items():
+        if not value.is_floating_point():
+            continue
+        finite = bool(torch.isfinite(value).all())
+        if key in ("low", "high"):  # the clipping box is infinite without clip_margin
+            finite = not bool(torch.isnan(value).any()) and (finite or est.clip_margin is None)
+        if not finite:
+            raise ValueError(f"energy_net: {key} is not finite.")
+    # fork: the network's initialisation must not move torch's global generator
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*meta parameter", category=UserWarning)
+        with torch.device("meta"):  # sizes and names only, nothing allocated
+            est._build_energy_net(n_features).load_state_dict(weights)
+        net = est._build_energy_net(n_features)
+    net.load_state_dict(weights)  # the network upgrades older buffers itself
+    return net.eval()
+
+
+def _optimizer_state(net: torch.nn.Module, state) -> dict | None:
+    """Adam's saved state, checked by loading it into an optimizer of ``net``."""
+    if state is None:
+        return None
+    if not isinstance(state, dict):
+        raise ValueError("optimizer must be a dictionary or null.")
+    torch.optim.Adam(net.parameters()).load_state_dict(state)
+    return state
+
+
+def _cache(cache) -> dict:
+    """The cached log Z and its error, whose values must be numbers (log Z finite)."""
+    if not (isinstance(cache, dict) and set(cache) <= {"log_z", "log_z_std", "log_z_ess"}
+            and all(isinstance(v, float) for v in cache.values())):
+        raise ValueError(f"cache holds unknown entries or values: {cache!r}.")
+    if not math.isfinite(cache.get("log_z", 0.0)) or cache.get("log_z_std", 0.0) < 0:
+        raise ValueError("cache: log Z must be finite and its standard error not negative.")
+    return dict(cache)
+
+
+def _json_dict(text, what: str) -> dict:
+    """A JSON object of the file, decoded (tuples restored)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a JSON string.")
+    value = _from_json(json.loads(text))
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object.")
+    return value
+
+
+def _is_int(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value, low: float = -math.inf) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= low)
+
+
+def _is_none(value) -> bool:
+    return value is None
+
+
+def _is_range(value) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and all(_is_number(v, 0) for v in value)
+
+
+# the fitted attributes of every estimator, with the checks of their saved values
+_SCALAR_CHECKS = {
+    "n_features_in_": lambda v: _is_int(v, 1), "_seed": _is_int, "n_iter_": _is_int,
+    "t_": _is_int,
+    "loss_curve_": lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
+    "negative_sampler_": lambda v: isinstance(v, str),
+    "energy_reg_": lambda v: _is_number(v, 0),
+    "noise_std_": lambda v: _is_number(v, 0) or _is_range(v),
+    "wide_noise_": lambda v: v is None or (  # (fraction of rows, low, high)
+        isinstance(v, tuple) and len(v) == 3 and 0 <= v[0] <= 1 and _is_range(v[1:])),
+    "_buffer": _is_none,  # a replay buffer not yet drawn; a drawn one is a tensor
+}
+_REQUIRED_STATE = ("n_features_in_", "_seed", "n_iter_", "t_", "loss_curve_", "mean_",
+                   "scale_", "_z_low", "_z_high", "_base_mean", "_base_std")
+_COMMON_STATE = (*_REQUIRED_STATE, "_base_means", "_base_covs", "_base_weights")
+
+
 def _read(cls, path) -> dict:
-    """The payload of ``path``, or a ``ValueError`` if it is not a file of this format."""
-    try:
-        with warnings.catch_warnings():  # torch's note on foreign pickle protocols
-            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:  # a missing or unreadable file says so itself
-        raise
-    except Exception as exc:  # an unpickling error, a zip error, ...: not our format
-        raise ValueError(
-            f"{os.fspath(path)!r} is not a file written by {cls.__name__}.save "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})."
-        ) from exc
+    """The payload of ``path``, or a ``ValueError`` naming it if it is not of this format."""
+    name = os.fspath(path)
+    # before opening: a FIFO would block, a device read without end; a missing or
+    # unreadable file says so itself (OSError)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{name!r} is not a regular file.")
+    with open(path, "rb") as f:
+        try:
+            with warnings.catch_warnings():  # torch's note on foreign pickle protocols
+                warnings.filterwarnings("ignore", message=".*pickle protocol",
+                                        category=UserWarning)
+                payload = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling, zip, truncation: not a file of ours
+            raise ValueError(
+                f"{name!r} is not a file written by {cls.__name__}.save "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})."
+            ) from exc
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not a file written by {cls.__name__}.save.")
-    if payload["format_version"] > WEIGHTS_FORMAT_VERSION:
+        raise ValueError(f"{name!r} is not a file written by {cls.__name__}.save.")
+    version = payload.get("format_version")
+    if not _is_int(version, 1):
+        raise ValueError(f"{name!r}: format_version must be a positive integer, "
+                         f"got {version!r}.")
+    if version > WEIGHTS_FORMAT_VERSION:
         raise ValueError(
-            f"{os.fspath(path)!r} uses format version {payload['format_version']}; this "
-            f"skdcd ({__version__}) reads up to {WEIGHTS_FORMAT_VERSION}. Upgrade skdcd.")
+            f"{name!r} uses format version {version}; this skdcd ({__version__}) reads up "
+            f"to {WEIGHTS_FORMAT_VERSION}. Upgrade skdcd.")
+    if set(payload) != _PAYLOAD_KEYS:
+        raise ValueError(f"{name!r} is not a complete file of format {version}: its entries "
+                         f"are {sorted(payload)}, expected {sorted(_PAYLOAD_KEYS)}.")
+    if not all(isinstance(payload[k], str) for k in ("skdcd_version", "estimator")):
+        raise ValueError(f"{name!r}: skdcd_version and estimator must be strings.")
     return payload
 
 
@@ -184,6 +374,8 @@ class PersistenceMixin:
     _PARAM_UPGRADES: dict = {}
     # the fitted attributes that _resolve sets (re-derived for models saved before them)
     _RESOLVED: tuple[str, ...] = ()
+    # the estimator's other fitted attributes that a file may hold (beyond the shared ones)
+    _SAVED_STATE: tuple[str, ...] = ()
 
     def __getstate__(self) -> dict:
         return pickled_state(super().__getstate__())

@@ -1,8 +1,9 @@
 """The training loop, which knows nothing of DCD or CD.
 
 Minibatches, the learning-rate schedule, autocast and compile, clipping and the divergence
-rule; it steps on an objective, a callable ``(net, x_pos, generator) -> loss``
-(:mod:`skdcd._objectives`).
+rule; it steps on an objective, a callable ``(net, x_pos, generator) -> loss`` with
+``fitted_state()`` and ``restore(state)`` for what it updates besides the weights
+(:class:`skdcd._objectives.ContrastiveObjective`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from skdcd._progress import ProgressBar
+
+if TYPE_CHECKING:
+    from skdcd._objectives import ContrastiveObjective
 
 logger = logging.getLogger("skdcd")
 
@@ -54,13 +58,14 @@ def learning_rate(settings: Settings, step: int, total_steps: int) -> float:
 
 
 def run(net: torch.nn.Module, Z: torch.Tensor,
-        objective: Callable[[Callable, torch.Tensor, torch.Generator], torch.Tensor],
+        objective: ContrastiveObjective,
         settings: Settings, state: FitState, generator: torch.Generator, *,
         name: str = "fit", verbose: int = 0) -> bool:
     """Train ``net`` in place on the rows of ``Z`` (on its device) for ``settings.n_epochs``.
 
     Each epoch visits the rows in a random order, in minibatches. A non-finite loss or
-    gradient stops the run and rolls the weights, the optimizer and ``state.t`` back to the
+    gradient stops the run and rolls the weights, the optimizer, ``state.t`` and the
+    objective's state (:meth:`~skdcd._objectives.ContrastiveObjective.restore`) back to the
     start of that epoch. The network ends on the CPU in eval mode either way.
 
     Returns
@@ -89,7 +94,7 @@ def run(net: torch.nn.Module, Z: torch.Tensor,
         for epoch in range(settings.n_epochs):
             # the last state known to be finite: divergence rolls back to it
             snapshot = (copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict()),
-                        state.t)
+                        state.t, copy.deepcopy(objective.fitted_state()))
             epoch_loss = 0.0
             perm = torch.randperm(n, generator=generator, device=device)
             for b in range(n_batches):
@@ -105,6 +110,7 @@ def run(net: torch.nn.Module, Z: torch.Tensor,
                     net.load_state_dict(snapshot[0])
                     optimizer.load_state_dict(snapshot[1])
                     state.t = snapshot[2]
+                    objective.restore(snapshot[3])  # e.g. CD's replay buffer
                     break
                 epoch_loss += loss_value
                 state.t += 1

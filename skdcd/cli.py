@@ -348,6 +348,8 @@ def _demo(args: argparse.Namespace) -> int:
     from skdcd import DCDEnergyEstimator
     from skdcd.datasets import load_toy
 
+    if args.plot is not None:  # a bad path fails now, not after the fit
+        _check_out(args.plot, FIGURE_SUFFIXES, "--plot")
     density = load_toy(args.dataset)
     X_train = density.sample(args.n_samples, random_state=0)
     X_test = density.sample(args.n_test, random_state=1)

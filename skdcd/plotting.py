@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from skdcd._io import write_atomic
 
 MATPLOTLIB_MISSING = ("Plotting needs matplotlib, which is not installed; install it with "
                       "`pip install matplotlib` or `pip install skdcd[plot]`.")
@@ -33,8 +36,9 @@ def _new_figure(**kwargs: Any) -> Any:
 
 
 def _save(fig: Any, path: str | None, dpi: int = 100) -> Any:
-    if path is not None:
-        fig.savefig(path, dpi=dpi)
+    if path is not None:  # atomically: a failure keeps any earlier file whole
+        fmt = Path(path).suffix.lower().lstrip(".") or None
+        write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
     return fig
 
 
