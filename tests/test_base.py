@@ -1,7 +1,6 @@
 """The estimator contract shared by DCDEnergyEstimator and CDEnergyEstimator."""
 
 import copy
-import json
 import os
 import pickle
 import warnings
@@ -464,7 +463,7 @@ def test_divergence_in_a_later_epoch_rolls_back_that_epoch_and_warns(blobs):
     adam = copy.deepcopy(est._optimizer_state)
     t, n_iter, curve = est.t_, est.n_iter_, list(est.loss_curve_)
     est.set_params(learning_rate=1e12, energy_reg=0.0)
-    with pytest.warns(ConvergenceWarning, match="diverged.*epoch 2.*restored"):
+    with pytest.warns(ConvergenceWarning, match="diverged.*epoch 2.*as it was before this"):
         est.partial_fit(blobs)
     for k, v in est.energy_net_.state_dict().items():
         assert torch.equal(v, weights[k]), k
@@ -484,6 +483,173 @@ def test_divergence_in_the_first_epoch_raises_and_leaves_the_estimator_unfitted(
         est.score(blobs)
     est.set_params(energy_net=None).fit(blobs)  # a fresh fit works
     assert est.n_iter_ == FAST["max_iter"]
+
+
+def _state(est) -> dict:
+    """Every fitted attribute of ``est`` by value (the network's weights included)."""
+    params = est.get_params(deep=False)
+    state = {k: copy.deepcopy(v) for k, v in vars(est).items()
+             if k != "energy_net_" and k not in params}
+    if hasattr(est, "energy_net_"):
+        state["energy_net_"] = {k: v.clone() for k, v in est.energy_net_.state_dict().items()}
+    return state
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return (isinstance(b, dict) and a.keys() == b.keys()
+                and all(_same(a[k], b[k]) for k in a))
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b or a is b or (a != a and b != b)
+
+
+class _Raises(torch.nn.Module):
+    """A linear energy whose forward pass raises ``error`` from the ``calls``-th call on."""
+
+    def __init__(self, n_features, error=KeyboardInterrupt, calls=5):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_features, 1)
+        self.error, self.calls, self.seen = error, calls, 0
+
+    def forward(self, x):
+        self.seen += 1
+        if self.seen >= self.calls:
+            raise self.error("raised by the network")
+        return self.linear(x).squeeze(1)
+
+
+def _factory_raises(n_features):
+    raise RuntimeError("the factory failed")
+
+
+FAILED_REFITS = {  # (the refit's data, its parameter changes, the error it raises)
+    "rows that overflow": (np.array([[0.0, 1.7e308], [1.0, -1.7e308], [2.0, 0.0]]), {},
+                           ValueError),
+    "3 features with quadrature": (np.ones((20, 3)) * np.arange(20)[:, None],
+                                   {"log_partition": "quadrature"}, ValueError),
+    "a factory that raises": (None, {"energy_net": _factory_raises}, RuntimeError),
+    "an interrupt mid-epoch": (None, {"energy_net": _Raises, "max_iter": 3},
+                               KeyboardInterrupt),
+    "a network that raises mid-epoch": (
+        None, {"energy_net": lambda d: _Raises(d, RuntimeError, 9), "max_iter": 3},
+        RuntimeError),
+    "divergence before an epoch completed": (
+        None, {"energy_net": lambda d: _NaNAfter(d, calls=4), "batch_size": 32}, ValueError),
+}
+
+
+def _fail_after(module, calls, error=None):
+    """Make ``module`` raise ``error`` (or return NaN) from its ``calls``-th forward on."""
+    forward, seen = module.forward, []
+
+    def failing(*args):
+        seen.append(1)
+        out = forward(*args)
+        if len(seen) >= calls:
+            if error is None:
+                return out * float("nan")
+            raise error("raised by the network")
+        return out
+
+    module.forward = failing
+
+
+@pytest.mark.parametrize("case, how", [  # a warm fit keeps its network: no factory call
+    (case, how) for case in FAILED_REFITS for how in ("fit", "warm fit", "partial_fit")
+    if how == "fit" or case != "a factory that raises"])
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+def test_a_failed_fit_leaves_the_estimator_exactly_as_before(est_cls, case, how, blobs):
+    X, changes, error = FAILED_REFITS[case]
+    X, changes = blobs if X is None else X, dict(changes)
+    est = est_cls(**{**FAST, "persistent": True} if est_cls is CDEnergyEstimator else FAST)
+    est.fit(blobs)
+    est.log_partition_  # noqa: B018 - the cache is part of the state
+    before, energies = _state(est), est.energy(blobs)
+    if how != "fit" and "energy_net" in changes:  # a warm fit keeps its network ...
+        changes.pop("energy_net")
+        # ... so that network is made to fail in the same way
+        _fail_after(est.energy_net_.net, *{
+            "an interrupt mid-epoch": (5, KeyboardInterrupt),
+            "a network that raises mid-epoch": (2, RuntimeError)}.get(case, (2,)))
+        if case.startswith("divergence"):
+            error = ConvergenceWarning  # a fitted model is kept, with a warning
+    est.set_params(**changes, warm_start=how == "warm fit")
+    call = (lambda: est.partial_fit(X)) if how == "partial_fit" else (lambda: est.fit(X))
+    if error is ConvergenceWarning:
+        with pytest.warns(error, match="as it was before this call"):
+            call()
+    else:
+        with pytest.raises(error):
+            call()
+    est.energy_net_.net.__dict__.pop("forward", None)
+    after = _state(est)
+    assert _same(after, before), [k for k in before if not _same(after.get(k), before[k])]
+    assert np.array_equal(est.energy(blobs), energies)
+
+
+def test_an_interrupted_first_fit_leaves_the_estimator_unfitted(blobs):
+    est = DCDEnergyEstimator(**{**FAST, "energy_net": _Raises, "max_iter": 3})
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(blobs)
+    assert vars(est) == vars(DCDEnergyEstimator(**{**FAST, "energy_net": _Raises,
+                                                   "max_iter": 3}))
+
+
+def test_a_diverging_partial_fit_rolls_back_the_box_and_the_replay_buffer(blobs):
+    est = CDEnergyEstimator(**{**FAST, "persistent": True, "buffer_size": 64}).fit(blobs)
+    before = _state(est)
+    _fail_after(est.energy_net_.net, 3)  # NaN energies once the chains have moved
+    with pytest.warns(ConvergenceWarning, match="as it was before this call"):
+        est.partial_fit(blobs * 3)  # wider rows: a wider box, if it were kept
+    est.energy_net_.net.__dict__.pop("forward")
+    assert _same(_state(est), before)
+
+
+def test_divergence_in_a_later_epoch_restores_that_epochs_replay_buffer(blobs, monkeypatch):
+    from skdcd import _training
+
+    kw = {**FAST, "persistent": True, "buffer_size": 64, "lr_schedule": "constant",
+          "batch_size": 50}
+    one = CDEnergyEstimator(**{**kw, "max_iter": 1}).fit(blobs)  # 4 steps
+    step, calls = _training._step, []
+
+    def fail_at_the_sixth(*args):
+        calls.append(1)
+        return False if len(calls) == 6 else step(*args)
+
+    monkeypatch.setattr(_training, "_step", fail_at_the_sixth)
+    with pytest.warns(ConvergenceWarning, match="epoch 2"):
+        two = CDEnergyEstimator(**{**kw, "max_iter": 2}).fit(blobs)
+    assert two.n_iter_ == 1 and torch.equal(two._buffer, one._buffer)
+    assert np.array_equal(two.energy(blobs), one.energy(blobs))
+
+
+@pytest.mark.parametrize("name", ["max_iter", "batch_size", "ais_n_steps", "learning_rate"])
+def test_a_bool_is_refused_where_a_number_is_expected(name, blobs):
+    with pytest.raises(ValueError, match=f"'{name}' parameter .* must not be a bool"):
+        DCDEnergyEstimator(**{**FAST, name: True}).fit(blobs)
+    DCDEnergyEstimator(**{**FAST, "verbose": False}).fit(blobs)  # a flag may be a bool
+
+
+def test_c_fortran_and_dataframe_rows_fit_bit_identically():
+    import pandas as pd
+
+    X = np.random.RandomState(1).randn(300, 3) * [1.0, 2.0, 3.0] + 0.1
+    energies = [DCDEnergyEstimator(**FAST).fit(v).energy(X[:20])
+                for v in (np.ascontiguousarray(X), np.asfortranarray(X), pd.DataFrame(X))]
+    assert all(np.array_equal(energies[0], e) for e in energies[1:])
+
+
+def test_a_tensor_that_requires_grad_is_accepted(fitted_dcd):
+    X = np.random.RandomState(0).randn(4, 3)
+    t = torch.tensor(X, requires_grad=True)
+    assert np.array_equal(fitted_dcd.score_samples(t), fitted_dcd.score_samples(X))
+    assert fitted_dcd.denoise(t, 0.1, method="map").shape == (4, 3)
 
 
 def test_max_grad_norm_bounds_every_step_and_none_does_not(blobs, monkeypatch):
@@ -533,122 +699,6 @@ def test_sample_in_chunks_matches_a_gaussian_energy(monkeypatch):
     S = est.sample(4000, random_state=0)
     np.testing.assert_allclose(S.mean(0), [1.0, -2.0], atol=0.1)
     np.testing.assert_allclose(S.std(0), [0.5, 2.0], atol=0.1)
-
-
-# ---------------------------------------------------------------- weights-only persistence
-@pytest.mark.parametrize("est_cls", ESTIMATORS)
-def test_save_and_load_give_identical_results(est_cls, blobs, tmp_path):
-    params = {"persistent": True, "buffer_size": 64} if est_cls is CDEnergyEstimator else {
-        "noise_std": (0.05, 0.2)}
-    est = est_cls(**{**FAST, **params}).fit(blobs)
-    est.score(blobs)  # caches log Z, which is saved too
-    est.save(tmp_path / "model.pt")
-    other = est_cls.load(tmp_path / "model.pt")
-    assert other.get_params() == est.get_params()
-    assert np.array_equal(est.score_samples(blobs), other.score_samples(blobs))
-    assert np.array_equal(est.sample(10, random_state=0), other.sample(10, random_state=0))
-    assert np.array_equal(est.denoise(blobs, 0.2, random_state=0),
-                          other.denoise(blobs, 0.2, random_state=0))
-    # training resumes exactly where it stopped (optimizer state, buffers, step counter)
-    est.partial_fit(blobs)
-    other.partial_fit(blobs)
-    assert np.array_equal(est.energy(blobs), other.energy(blobs))
-    assert list(tmp_path.iterdir()) == [tmp_path / "model.pt"]  # no temporary file left
-
-
-def test_load_uses_weights_only_and_refuses_other_files(blobs, tmp_path):
-    est = DCDEnergyEstimator(**FAST).fit(blobs)
-    joblib.dump(est, tmp_path / "model.joblib")
-    with pytest.raises(ValueError, match="not a file written by DCDEnergyEstimator.save"):
-        DCDEnergyEstimator.load(tmp_path / "model.joblib")
-
-    class Evil:
-        def __reduce__(self):
-            return (exec, ("raise SystemExit('code ran')",))
-
-    with open(tmp_path / "evil.pt", "wb") as f:
-        torch.save(Evil(), f)
-    with pytest.raises(ValueError, match="not a file written by"):
-        DCDEnergyEstimator.load(tmp_path / "evil.pt")  # no code runs
-    est.save(tmp_path / "dcd.pt")
-    with pytest.raises(ValueError, match="holds a DCDEnergyEstimator.*DCDEnergyEstimator.load"):
-        CDEnergyEstimator.load(tmp_path / "dcd.pt")
-    with pytest.raises(FileNotFoundError):
-        DCDEnergyEstimator.load(tmp_path / "missing.pt")
-    with pytest.raises(NotFittedError):
-        DCDEnergyEstimator().save(tmp_path / "unfitted.pt")
-
-
-def test_save_with_a_custom_energy_net_needs_it_at_load(blobs, tmp_path):
-    from tests.conftest import QuadraticEnergy
-
-    est = DCDEnergyEstimator(**{**FAST, "energy_net": QuadraticEnergy}).fit(blobs)
-    est.save(tmp_path / "m.pt")
-    with pytest.raises(ValueError, match="custom energy_net"):
-        DCDEnergyEstimator.load(tmp_path / "m.pt")
-    other = DCDEnergyEstimator.load(tmp_path / "m.pt", energy_net=QuadraticEnergy)
-    assert np.array_equal(est.energy(blobs), other.energy(blobs))
-
-
-@pytest.mark.parametrize("how", ["pickle", "save"])
-def test_loading_a_model_from_another_version_warns(how, blobs, tmp_path, monkeypatch):
-    import skdcd._persistence as base
-    from skdcd import InconsistentVersionWarning
-
-    est = DCDEnergyEstimator(**FAST).fit(blobs)
-    monkeypatch.setattr(base, "__version__", "0.0.1")
-    if how == "pickle":
-        blob = pickle.dumps(est)
-    else:
-        est.save(tmp_path / "m.pt")
-    monkeypatch.undo()
-    with pytest.warns(InconsistentVersionWarning, match="saved by skdcd 0.0.1"):
-        other = (pickle.loads(blob) if how == "pickle"
-                 else DCDEnergyEstimator.load(tmp_path / "m.pt"))
-    assert np.array_equal(est.energy(blobs), other.energy(blobs))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", InconsistentVersionWarning)
-        pickle.loads(pickle.dumps(est))  # the same version is silent
-
-
-@pytest.mark.parametrize("how", ["pickle", "save"])
-@pytest.mark.parametrize("old, new", [(True, 1), (False, None)])
-def test_a_model_saved_with_resample_proposals_loads_with_n_negatives(how, old, new, blobs,
-                                                                      tmp_path):
-    # resample_proposals (a bool) became n_negatives; files from before must still load, and
-    # train on as they did
-    est = DCDEnergyEstimator(**FAST).fit(blobs)
-    if how == "pickle":
-        state = est.__getstate__()
-        del state["n_negatives"]
-        state["resample_proposals"] = old
-        other = DCDEnergyEstimator.__new__(DCDEnergyEstimator)
-        other.__setstate__(state)
-    else:
-        est.save(tmp_path / "m.pt")
-        payload = torch.load(tmp_path / "m.pt", weights_only=True)
-        params = json.loads(payload["params"])
-        del params["n_negatives"]
-        payload["params"] = json.dumps({**params, "resample_proposals": old})
-        torch.save(payload, tmp_path / "old.pt")
-        other = DCDEnergyEstimator.load(tmp_path / "old.pt")
-    assert other.n_negatives == new and "resample_proposals" not in other.__dict__
-    assert np.array_equal(est.energy(blobs), other.energy(blobs))
-    other.partial_fit(blobs)
-
-
-def test_a_format_2_file_loads_with_an_input_gain_of_one(blobs, tmp_path):
-    # format 2 predates MLPEnergy's input_gain: its networks saw x itself
-    est = DCDEnergyEstimator(**FAST).fit(blobs)
-    est.energy_net_.net.input_gain.fill_(1.0)
-    est.save(tmp_path / "m.pt")
-    payload = torch.load(tmp_path / "m.pt", weights_only=True)
-    del payload["energy_net"]["net.input_gain"]
-    payload["format_version"] = 2
-    torch.save(payload, tmp_path / "old.pt")
-    other = DCDEnergyEstimator.load(tmp_path / "old.pt")
-    assert other.energy_net_.net.input_gain == 1.0
-    assert np.array_equal(est.energy(blobs), other.energy(blobs))
 
 
 # ---------------------------------------------------------------- found by tests/test_fuzz.py

@@ -7,15 +7,20 @@ network is built for real only once the file's tensors fit it (issue 27).
 import json
 import math
 import os
+import pickle
 import warnings
 
+import joblib
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from skdcd import CDEnergyEstimator, DCDEnergyEstimator
 from skdcd._base import BaseEnergyEstimator
 from tests.conftest import FAST
+
+ESTIMATORS = [DCDEnergyEstimator, CDEnergyEstimator]
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +194,119 @@ def test_every_output_is_float64_whatever_the_input_dtype(saved):
     for out in (est.energy(X32), est.score_samples(X32), est.sample(3, random_state=0),
                 est.denoise(X32[:4], 0.1, random_state=0)):
         assert out.dtype == np.float64
+
+
+# ---------------------------------------------------------------- weights-only persistence
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+def test_save_and_load_give_identical_results(est_cls, blobs, tmp_path):
+    params = {"persistent": True, "buffer_size": 64} if est_cls is CDEnergyEstimator else {
+        "noise_std": (0.05, 0.2)}
+    est = est_cls(**{**FAST, **params}).fit(blobs)
+    est.score(blobs)  # caches log Z, which is saved too
+    est.save(tmp_path / "model.pt")
+    other = est_cls.load(tmp_path / "model.pt")
+    assert other.get_params() == est.get_params()
+    assert np.array_equal(est.score_samples(blobs), other.score_samples(blobs))
+    assert np.array_equal(est.sample(10, random_state=0), other.sample(10, random_state=0))
+    assert np.array_equal(est.denoise(blobs, 0.2, random_state=0),
+                          other.denoise(blobs, 0.2, random_state=0))
+    # training resumes exactly where it stopped (optimizer state, buffers, step counter)
+    est.partial_fit(blobs)
+    other.partial_fit(blobs)
+    assert np.array_equal(est.energy(blobs), other.energy(blobs))
+    assert list(tmp_path.iterdir()) == [tmp_path / "model.pt"]  # no temporary file left
+
+
+def test_load_uses_weights_only_and_refuses_other_files(blobs, tmp_path):
+    est = DCDEnergyEstimator(**FAST).fit(blobs)
+    joblib.dump(est, tmp_path / "model.joblib")
+    with pytest.raises(ValueError, match="not a file written by DCDEnergyEstimator.save"):
+        DCDEnergyEstimator.load(tmp_path / "model.joblib")
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('code ran')",))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        torch.save(Evil(), f)
+    with pytest.raises(ValueError, match="not a file written by"):
+        DCDEnergyEstimator.load(tmp_path / "evil.pt")  # no code runs
+    est.save(tmp_path / "dcd.pt")
+    with pytest.raises(ValueError, match="holds a DCDEnergyEstimator.*DCDEnergyEstimator.load"):
+        CDEnergyEstimator.load(tmp_path / "dcd.pt")
+    with pytest.raises(FileNotFoundError):
+        DCDEnergyEstimator.load(tmp_path / "missing.pt")
+    with pytest.raises(NotFittedError):
+        DCDEnergyEstimator().save(tmp_path / "unfitted.pt")
+
+
+def test_save_with_a_custom_energy_net_needs_it_at_load(blobs, tmp_path):
+    from tests.conftest import QuadraticEnergy
+
+    est = DCDEnergyEstimator(**{**FAST, "energy_net": QuadraticEnergy}).fit(blobs)
+    est.save(tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="custom energy_net"):
+        DCDEnergyEstimator.load(tmp_path / "m.pt")
+    other = DCDEnergyEstimator.load(tmp_path / "m.pt", energy_net=QuadraticEnergy)
+    assert np.array_equal(est.energy(blobs), other.energy(blobs))
+
+
+@pytest.mark.parametrize("how", ["pickle", "save"])
+def test_loading_a_model_from_another_version_warns(how, blobs, tmp_path, monkeypatch):
+    import skdcd._persistence as base
+    from skdcd import InconsistentVersionWarning
+
+    est = DCDEnergyEstimator(**FAST).fit(blobs)
+    monkeypatch.setattr(base, "__version__", "0.0.1")
+    if how == "pickle":
+        blob = pickle.dumps(est)
+    else:
+        est.save(tmp_path / "m.pt")
+    monkeypatch.undo()
+    with pytest.warns(InconsistentVersionWarning, match="saved by skdcd 0.0.1"):
+        other = (pickle.loads(blob) if how == "pickle"
+                 else DCDEnergyEstimator.load(tmp_path / "m.pt"))
+    assert np.array_equal(est.energy(blobs), other.energy(blobs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InconsistentVersionWarning)
+        pickle.loads(pickle.dumps(est))  # the same version is silent
+
+
+@pytest.mark.parametrize("how", ["pickle", "save"])
+@pytest.mark.parametrize("old, new", [(True, 1), (False, None)])
+def test_a_model_saved_with_resample_proposals_loads_with_n_negatives(how, old, new, blobs,
+                                                                      tmp_path):
+    # resample_proposals (a bool) became n_negatives; files from before must still load, and
+    # train on as they did
+    est = DCDEnergyEstimator(**FAST).fit(blobs)
+    if how == "pickle":
+        state = est.__getstate__()
+        del state["n_negatives"]
+        state["resample_proposals"] = old
+        other = DCDEnergyEstimator.__new__(DCDEnergyEstimator)
+        other.__setstate__(state)
+    else:
+        est.save(tmp_path / "m.pt")
+        payload = torch.load(tmp_path / "m.pt", weights_only=True)
+        params = json.loads(payload["params"])
+        del params["n_negatives"]
+        payload["params"] = json.dumps({**params, "resample_proposals": old})
+        torch.save(payload, tmp_path / "old.pt")
+        other = DCDEnergyEstimator.load(tmp_path / "old.pt")
+    assert other.n_negatives == new and "resample_proposals" not in other.__dict__
+    assert np.array_equal(est.energy(blobs), other.energy(blobs))
+    other.partial_fit(blobs)
+
+
+def test_a_format_2_file_loads_with_an_input_gain_of_one(blobs, tmp_path):
+    # format 2 predates MLPEnergy's input_gain: its networks saw x itself
+    est = DCDEnergyEstimator(**FAST).fit(blobs)
+    est.energy_net_.net.input_gain.fill_(1.0)
+    est.save(tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    del payload["energy_net"]["net.input_gain"]
+    payload["format_version"] = 2
+    torch.save(payload, tmp_path / "old.pt")
+    other = DCDEnergyEstimator.load(tmp_path / "old.pt")
+    assert other.energy_net_.net.input_gain == 1.0
+    assert np.array_equal(est.energy(blobs), other.energy(blobs))
