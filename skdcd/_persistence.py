@@ -189,6 +189,12 @@ def _fitted_state(cls, payload: dict) -> dict:
         state[key] = value
     for key, value in arrays.items():
         state[key] = _array(key, value, d)
+    mixture = [state.get(k) for k in ("_base_means", "_base_covs", "_base_weights")]
+    if any(m is not None for m in mixture) and not (
+            all(m is not None for m in mixture)
+            and mixture[0].shape[0] == mixture[1].shape[0] == mixture[2].shape[0]):
+        raise ValueError("arrays: the base mixture needs means, covariances and weights of "
+                         "as many components.")
     for key, value in tensors.items():
         if value is None and key == "_buffer":  # older files keep an undrawn buffer here
             state[key] = value
@@ -226,13 +232,9 @@ def _network(est, n_features: int, weights) -> torch.nn.Module:
     if not (isinstance(weights, dict) and all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items())):
         raise ValueError("energy_net must map names to tensors.")
-    for key, value in weights.items():
-        if not value.is_floating_point():
-            continue
-        finite = bool(torch.isfinite(value).all())
-        if key in ("low", "high"):  # the clipping box is infinite without clip_margin
-            finite = not bool(torch.isnan(value).any()) and (finite or est.clip_margin is None)
-        if not finite:
+    for key, value in weights.items():  # the envelope's buffers are checked below
+        if key.startswith("net.") and value.is_floating_point() and not bool(
+                torch.isfinite(value).all()):
             raise ValueError(f"energy_net: {key} is not finite.")
     # fork: the network's initialisation must not move torch's global generator
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
@@ -241,6 +243,10 @@ def _network(est, n_features: int, weights) -> torch.nn.Module:
             est._build_energy_net(n_features).load_state_dict(weights)
         net = est._build_energy_net(n_features)
     net.load_state_dict(weights)  # the network upgrades older buffers itself
+    net.check_buffers(n_features)
+    if est.clip_margin is not None and not all(
+            bool(torch.isfinite(b).all()) for b in (net.low, net.high)):
+        raise ValueError("energy_net: the clipping box is not finite.")
     return net.eval()
 
 

@@ -427,6 +427,48 @@ class EnvelopedEnergy(nn.Module):
                             if weights is None else torch.log(buffer(weights, self.log_weights,
                                                                      1)))  # (K,)
 
+    def check_buffers(self, n_features: int) -> None:
+        """Raise ``ValueError`` unless the box and envelope buffers fit ``n_features``.
+
+        Loaded buffers take any size (:meth:`_load_from_state_dict`); this says whether
+        they make one consistent model.
+
+        Examples
+        --------
+        >>> energy = EnvelopedEnergy(MLPEnergy(2, (8,)), envelope_std=3.0)
+        >>> energy.set_bounds([-1.0, -1.0], [1.0, 1.0])
+        >>> energy.check_buffers(2)
+        >>> energy.set_bounds([-1.0], [1.0])
+        >>> energy.check_buffers(2)
+        Traceback (most recent call last):
+        ...
+        ValueError: the clipping box has shape (1,), expected () or (2,).
+        """
+        d = n_features
+        for name in ("low", "high"):
+            box = getattr(self, name)
+            if box.shape not in ((), (d,)) or torch.isnan(box).any():
+                raise ValueError(f"the clipping box has shape {tuple(box.shape)}, "
+                                 f"expected () or ({d},).")
+        if not self.directions.numel():  # isotropic: ‖x‖² / (2 (τ² + σ²))
+            ok = (self.center.ndim == 0 and self.variances.shape == (0,)
+                  and self.residual_variance.ndim == 0 and self.log_weights.shape == (1,)
+                  and (self.envelope_std is None or bool(self.residual_variance > 0)))
+        else:
+            n_comp, dim, k = (self.directions.shape if self.directions.ndim == 3
+                              else (0, 0, 0))
+            ok = (dim == d and k <= d and self.center.shape == (n_comp, d)
+                  and self.variances.shape == (n_comp, k)
+                  and self.residual_variance.shape == (n_comp,)
+                  and self.log_weights.shape == (n_comp,)
+                  and bool((self.variances > 0).all()) and bool(
+                      (self.residual_variance > 0).all())
+                  and all(bool(torch.isfinite(t).all()) for t in (
+                      self.center, self.directions, self.log_weights)))
+        if not ok:
+            raise ValueError(f"the envelope's buffers do not describe a Gaussian (mixture) "
+                             f"in {d} dimensions.")
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """Load saved buffers of any size: the box's and the envelope's depend on the fit."""
         if prefix + "log_weights" not in state_dict:

@@ -346,3 +346,84 @@ def test_fit_to_a_pt_file_saves_weights_only_and_every_command_reads_it(tmp_path
     (tmp_path / "bad.pt").write_bytes(b"not a model")
     done = _run("score", tmp_path / "bad.pt", data)
     assert done.returncode == 1 and "cannot read" in done.stderr
+
+
+# ---------------------------------------------------------------- hardening (issue 27)
+def test_a_tampered_pt_file_fails_in_one_line(data_2d, tmp_path, capsys):
+    import json
+
+    import torch
+
+    _, data, X = data_2d
+    DCDEnergyEstimator(**FAST).fit(X).save(tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["params"] = json.dumps({**json.loads(payload["params"]), "bogus": 1})
+    torch.save(payload, tmp_path / "bad.pt")
+    data_bytes = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data_bytes[:len(data_bytes) // 2])
+    for name in ("bad.pt", "cut.pt"):
+        assert main(["score", str(tmp_path / name), str(data)]) == 1
+        assert name in _error_line(capsys.readouterr().err, "score")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null")
+def test_out_refuses_a_device_or_a_fifo(fitted_2d, tmp_path, capsys):
+    _, data, _, model_path, _ = fitted_2d
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    assert main(["sample", str(model_path), "--verbose", "0", "--out", str(fifo)]) == 1
+    assert "not a regular file" in _error_line(capsys.readouterr().err, "sample")
+    assert main(["fit", str(data), *_params(), "--out", "/dev/null"]) == 1
+    assert "not a regular file" in _error_line(capsys.readouterr().err, "fit")
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def test_out_keeps_the_permissions_of_an_existing_file(fitted_2d, tmp_path, capsys):
+    _, _, _, model_path, _ = fitted_2d
+    out = tmp_path / "s.npy"
+    out.write_bytes(b"previous")
+    os.chmod(out, 0o600)
+    assert main(["sample", str(model_path), "-n", "2", "--verbose", "0", "--out",
+                 str(out)]) == 0
+    assert os.stat(out).st_mode & 0o777 == 0o600 and np.load(out).shape == (2, 2)
+
+
+def test_data_that_is_not_a_regular_file_is_refused(fitted_2d, tmp_path, capsys):
+    _, _, _, model_path, _ = fitted_2d
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    for source in (str(fifo), "/dev/zero"):  # would block, or grow without end
+        assert main(["score", str(model_path), source]) == 1
+        assert "not a regular file" in _error_line(capsys.readouterr().err, "score")
+
+
+def test_demo_checks_the_plot_path_before_fitting(tmp_path):
+    done = _run("demo", "--plot", tmp_path / "nodir" / "x.png", "--verbose", "0")
+    assert done.returncode == 1 and "Fitting" not in done.stdout
+    assert "--plot" in _error_line(done.stderr, "demo") and "does not exist" in done.stderr
+
+
+def test_a_failed_figure_write_keeps_the_previous_figure(fitted_2d, tmp_path, capsys,
+                                                         monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    _, _, _, model_path, _ = fitted_2d
+    out = tmp_path / "p.png"
+    out.write_bytes(b"previous figure")
+
+    def broken(self, f, **kwargs):
+        f.write(b"half a figure")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    assert main(["plot", str(model_path), "--verbose", "0", "--out", str(out)]) == 1
+    assert "disk full" in _error_line(capsys.readouterr().err, "plot")
+    assert out.read_bytes() == b"previous figure" and os.listdir(tmp_path) == ["p.png"]
+
+
+def test_a_bool_where_a_number_is_expected_fails_in_one_line(data_2d, tmp_path, capsys):
+    _, data, _ = data_2d
+    assert main(["fit", str(data), *_params("max_iter=True"), "--out",
+                 str(tmp_path / "m.pt")]) == 1
+    assert "must not be a bool" in _error_line(capsys.readouterr().err, "fit")

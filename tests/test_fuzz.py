@@ -6,6 +6,7 @@ message. Every test runs ``FUZZ_EXAMPLES`` examples and counts them; the counts 
 at the end of the pytest run (``conftest.pytest_terminal_summary``).
 """
 
+import copy
 import string
 import warnings
 from collections import Counter
@@ -305,3 +306,138 @@ def test_fuzz_cli_data_files(tmp_path_factory):
         assert X.dtype == np.float64 and np.isfinite(X).all()
 
     _fuzz("cli read_data", data_files(), check)
+
+
+# ---------------------------------------------------------------- load of mutated files
+def _entries(payload: dict) -> list[tuple]:
+    """Every entry of a saved file, as a path: (key,) or (key, name) inside a container."""
+    import json
+
+    paths = [(key,) for key in payload]
+    for key in ("params", "scalars"):
+        paths += [(key, name) for name in json.loads(payload[key])]
+    for key in ("arrays", "tensors", "energy_net", "cache"):
+        paths += [(key, name) for name in payload[key]]
+    return paths
+
+
+RETYPED = st.sampled_from([
+    None, True, 0, -1, 3, 2**63, 1e308, float("nan"), float("inf"), "x", "", [], [1, 2],
+    [True], {}, {"a": 1}, {"__tuple__": [1]}, (15000, 15000), "(8,)",
+    torch.zeros(0), torch.zeros(3), torch.zeros(2, dtype=torch.long),
+    torch.full((2,), float("nan")), torch.zeros(2, 2, dtype=torch.float64), torch.tensor(1.0)])
+
+
+def _mutate(payload: dict, path: tuple, op: str, value, factor: int) -> None:
+    import json
+
+    key = path[0]
+    if len(path) == 1:
+        container, name, decode = payload, key, None
+    elif key in ("params", "scalars"):
+        container, name, decode = json.loads(payload[key]), path[1], key
+    else:
+        container, name, decode = payload[key], path[1], None
+    old = container[name]
+    if op == "drop":
+        del container[name]
+    elif op == "retype":
+        if isinstance(value, torch.Tensor):  # JSON holds no tensors: their values instead
+            value = value.tolist() if decode else value.clone()
+        container[name] = value
+    elif op == "truncate":
+        if isinstance(old, torch.Tensor) and old.numel():
+            container[name] = old.reshape(-1)[: old.numel() // 2]
+        elif isinstance(old, str | list):
+            container[name] = old[: len(old) // 2]
+        elif isinstance(old, dict):
+            container[name] = dict(list(old.items())[: len(old) // 2])
+        elif isinstance(old, int | float) and not isinstance(old, bool):
+            container[name] = type(old)(old / 2)
+    elif op == "enlarge":
+        if isinstance(old, torch.Tensor):
+            container[name] = torch.cat([old.reshape(1, *old.shape)] * factor) if old.ndim \
+                else old * 10.0**factor
+        elif isinstance(old, str | list):
+            container[name] = old * factor
+        elif isinstance(old, int | float) and not isinstance(old, bool):
+            container[name] = old * 10**factor
+        elif isinstance(old, dict) and old.get("__tuple__"):  # a tuple parameter
+            container[name] = {"__tuple__": [v * 10**factor if isinstance(v, int) else v
+                                             for v in old["__tuple__"]]}
+        elif isinstance(old, tuple):
+            container[name] = tuple(v * 10**factor if isinstance(v, int) else v for v in old)
+    if decode is not None:
+        payload[decode] = json.dumps(container)
+
+
+def test_fuzz_load_of_mutated_files(tmp_path_factory, monkeypatch):
+    import resource
+
+    from skdcd._base import BaseEnergyEstimator
+
+    folder = tmp_path_factory.mktemp("load")
+    X = np.random.RandomState(0).randn(60, 2)
+    bases = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for which in ("dcd", "cd", "dcd-tc"):
+            est = _fresh(which)
+            if which == "cd":
+                est.set_params(persistent=True, buffer_size=32)
+            est.fit(X).log_partition_  # noqa: B018 - log Z in the file
+            est.save(folder / f"{which}.pt")
+            bases[which] = (type(est), torch.load(folder / f"{which}.pt", weights_only=True),
+                            (folder / f"{which}.pt").read_bytes())
+    built = []
+    build = BaseEnergyEstimator._build_energy_net
+
+    def spy(self, n_features):
+        net = build(self, n_features)
+        if next(net.parameters()).device.type != "meta":
+            built.append(sum(t.numel() for t in net.state_dict().values()))
+        return net
+
+    monkeypatch.setattr(BaseEnergyEstimator, "_build_energy_net", spy)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def check(case):
+        which, index, op, value, factor, cut = case
+        cls, base, raw = bases[which]
+        path = folder / "mutated.pt"
+        if op in ("truncate the file", "append to the file"):
+            path.write_bytes(raw[: int(cut * len(raw))] if op == "truncate the file"
+                             else raw + raw[: int(cut * len(raw))])
+            declared = sum(t.numel() for t in base["energy_net"].values())
+        else:
+            payload = copy.deepcopy(base)
+            entries = _entries(payload)
+            _mutate(payload, entries[index % len(entries)], op, value, factor)
+            torch.save(payload, path)
+            weights = payload.get("energy_net")
+            declared = (sum(t.numel() for t in weights.values()
+                            if isinstance(t, torch.Tensor))
+                        if isinstance(weights, dict) else 0)
+        built.clear()
+        try:
+            est = cls.load(path)
+        except ValueError as exc:
+            assert "mutated.pt" in str(exc), exc  # names the file
+            raise
+        except (TypeError, NotFittedError) as exc:  # _fuzz would count these as accepted
+            raise AssertionError(f"load raised {type(exc).__name__}: {exc}") from exc
+        finally:  # never a network beyond the tensors the file holds
+            assert all(n <= declared + 64 for n in built), (built, declared)
+        try:  # a file that loads gives a working model
+            assert est.energy(X[:3]).shape == (3,)
+        except Exception as exc:
+            raise AssertionError(f"a loaded model failed: {type(exc).__name__}: {exc}") from exc
+
+
+    ops = st.sampled_from(["drop", "retype", "truncate", "enlarge", "truncate the file",
+                           "append to the file"])
+    _fuzz("load (mutated files)", st.tuples(
+        st.sampled_from(list(bases)), st.integers(0, 10**6), ops, RETYPED,
+        st.integers(2, 6), st.floats(0, 1)), check)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+    assert grown < 300 * 1024, f"peak memory grew by {grown / 1024:.0f} MB"  # ru_maxrss: KiB

@@ -310,3 +310,11 @@ def test_a_format_2_file_loads_with_an_input_gain_of_one(blobs, tmp_path):
     other = DCDEnergyEstimator.load(tmp_path / "old.pt")
     assert other.energy_net_.net.input_gain == 1.0
     assert np.array_equal(est.energy(blobs), other.energy(blobs))
+
+
+def test_save_to_a_file_name_at_the_systems_limit(saved, tmp_path):
+    est, _, X = saved
+    path = tmp_path / ("m" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 3) + ".pt")
+    est.save(path)  # the temporary file's name is short, whatever the target's
+    assert np.array_equal(DCDEnergyEstimator.load(path).energy(X), est.energy(X))
+    assert os.listdir(tmp_path) == [path.name]
