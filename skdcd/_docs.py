@@ -37,10 +37,14 @@ PARAMS_DOC = """
     max_grad_norm : float or None, default=None
         Clip the global norm of each step's gradient to this value; ``None`` does not
         clip. Whatever it is, a non-finite loss or gradient stops ``fit`` and rolls the
-        weights and optimizer state back to the start of the epoch in which it happened;
-        a ``ConvergenceWarning`` then says so. If that epoch was the model's first, there
-        is nothing to roll back to and ``fit`` raises ``ValueError``, leaving the estimator
-        unfitted.
+        weights, the optimizer state and the CD replay buffer back to the start of the
+        epoch in which it happened; a ``ConvergenceWarning`` then says so. If no epoch of
+        the call had completed, the whole call is undone: ``partial_fit`` and a warm
+        ``fit`` warn and leave the estimator as it was, and a cold ``fit``, which has
+        nothing to keep, raises ``ValueError``, also leaving the estimator as it was
+        (unfitted, or its earlier fit). Any other failure of ``fit`` or ``partial_fit``,
+        an exception from a custom network or a ``KeyboardInterrupt`` included, also
+        leaves the estimator exactly as it was before the call.
     envelope_std : float or None, default=3.0
         ``τ`` of the Gaussian envelope ``‖z‖² / (2τ²)`` added to every energy (standardised
         units) so that ``exp(-E)`` is integrable. ``None`` disables it. A time-conditional

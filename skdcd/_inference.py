@@ -455,7 +455,7 @@ class InferenceMixin:
 
         Returns
         -------
-        energy : ndarray of shape (n_samples,)
+        energy : ndarray of shape (n_samples,), float64
 
         Examples
         --------
@@ -484,7 +484,7 @@ class InferenceMixin:
 
         Returns
         -------
-        log_density : ndarray of shape (n_samples,)
+        log_density : ndarray of shape (n_samples,), float64
 
         Examples
         --------
@@ -549,7 +549,7 @@ class InferenceMixin:
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features)
+        X : ndarray of shape (n_samples, n_features), float64
 
         Examples
         --------
@@ -598,7 +598,8 @@ class InferenceMixin:
 
         Returns
         -------
-        X_denoised : ndarray of shape (n_samples, n_features)
+        X_denoised : ndarray of shape (n_samples, n_features), float64
+            Whatever the dtype of ``X``.
 
         Examples
         --------
