@@ -532,7 +532,8 @@ FAILED_REFITS = {  # (the refit's data, its parameter changes, the error it rais
                            ValueError),
     "3 features with quadrature": (np.ones((20, 3)) * np.arange(20)[:, None],
                                    {"log_partition": "quadrature"}, ValueError),
-    "a factory that raises": (None, {"energy_net": _factory_raises}, RuntimeError),
+    "a factory that raises": (np.random.RandomState(0).randn(50, 3),  # a new width, too
+                              {"energy_net": _factory_raises}, RuntimeError),
     "an interrupt mid-epoch": (None, {"energy_net": _Raises, "max_iter": 3},
                                KeyboardInterrupt),
     "a network that raises mid-epoch": (

@@ -127,3 +127,21 @@ def test_missing_matplotlib_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"matplotlib.*pip install"):
         plot_loss_curve([1.0, 0.5])
+
+
+def test_a_failed_save_keeps_the_previous_figure_whole(model_2d, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    est, X = model_2d
+    out = tmp_path / "landscape.png"
+    out.write_bytes(b"previous figure")
+
+    def broken(self, f, **kwargs):
+        f.write(b"half a figure")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(OSError, match="disk full"):
+        plot_landscape_2d(est, X, path=str(out))
+    assert out.read_bytes() == b"previous figure" and [p.name for p in tmp_path.iterdir()] \
+        == ["landscape.png"]
