@@ -292,3 +292,15 @@ def test_highdim_densities_match_scipy_and_sum_over_rotated_blocks():
                        + blocks[1].log_prob(Z[:, 2:]), atol=1e-12)
     assert np.allclose(density.rotation @ density.rotation.T, np.eye(4), atol=1e-12)
 
+
+
+def test_realdata_splits_are_disjoint_standardised_and_dequantised():
+    from benchmarks.realdata import load
+
+    train, val, test = load("digits", 0)
+    assert (len(train), len(val), len(test)) == (1078, 359, 360) and train.shape[1] == 64
+    np.testing.assert_allclose(train.mean(axis=0), 0.0, atol=1e-12)
+    rows = np.vstack([train, val, test])
+    assert len(np.unique(rows, axis=0)) == len(rows)  # dequantised: no two rows alike
+    again, other = load("digits", 0)[0], load("digits", 1)[0]
+    assert np.array_equal(again, train) and not np.array_equal(other, train)
