@@ -321,7 +321,7 @@ def test_gmm_posterior_mean_is_the_wiener_filter_for_one_gaussian_and_mixes_for_
     means = np.array([[-50.0, 0, 0], [50.0, 0, 0]])
     out = gmm_posterior_mean(means + 0.1, means, np.stack([C, C]), np.array([0.3, 0.7]), var)
     for i in range(2):
-        own = means[i] + 0.1 @ np.linalg.solve(C + var * np.eye(3), C) * np.ones(3)
+        own = means[i] + np.full(3, 0.1) @ np.linalg.solve(C + var * np.eye(3), C)
         np.testing.assert_allclose(out[i], own, rtol=1e-8)
 
 
