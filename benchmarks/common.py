@@ -143,7 +143,12 @@ def merge_models(old: dict, new: dict) -> dict:
     ran = set(new["settings"]["models"])
     rows = [r for r in old["rows"] if r["method"] not in ran] + new["rows"]
     earlier = old.get("runs") or {"": old["meta"]}
-    return {**old, "rows": rows, "runs": {**earlier, " ".join(sorted(ran)): new["meta"]}}
+    models = old["settings"].get("models")
+    settings = old["settings"] if models is None else {  # methods new to the section too
+        **old["settings"], "models": [*models, *(m for m in new["settings"]["models"]
+                                                if m not in models)]}
+    return {**old, "settings": settings, "rows": rows,
+            "runs": {**earlier, " ".join(sorted(ran)): new["meta"]}}
 
 
 def spread(values) -> dict:

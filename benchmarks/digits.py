@@ -58,7 +58,15 @@ MODELS = {  # defaults otherwise (DCD: MALA negatives for images)
     "dcd-tc": (DCDEnergyEstimator, {**IMAGE, "time_conditional": True}),
     "dcd": (DCDEnergyEstimator, {**IMAGE, "time_conditional": False}),
     "cd-10": (CDEnergyEstimator, IMAGE),
+    # the time-conditional model's envelope (10 components) for the marginal DCD and CD
+    # models: training methods compared on the same model (issue 26)
+    "dcd-env": (DCDEnergyEstimator, {**IMAGE, "time_conditional": False,
+                                     "envelope_components": 10}),
+    "cd-10-env": (CDEnergyEstimator, {**IMAGE, "envelope_components": 10}),
 }
+# posterior-mean denoisers that stand beside the EBMs (run like them, also with --models):
+# the time-conditional model's envelope alone, and a GMM tuned on the validation split
+DENOISERS = ("envelope", "gmm-pm")
 DCD = "dcd-tc"  # the DCD model that the targets are checked on: the one for images
 SIGMAS = (0.1, 0.2, 0.4)
 TUNE_SEED = 12345  # noise of the validation rows used to tune PCA / KernelPCA
@@ -73,12 +81,14 @@ def _settings(quick: bool) -> dict:
         # small sampler and AIS budgets too: at their defaults, sampling and scoring took
         # about a minute per model, nearly all of the quick section's 155 s
         return dict(max_iter=2, n_denoise=100, n_samples=100, gmm_components=[1, 2, 4],
+                    gmm_pm_components=[1, 2], gmm_pm_reg_covars=[1e-3],
                     kde_bandwidths=[0.05, 0.1, 0.2], pca_components=[8, 16, 32],
                     kpca_components=[32, 128], kpca_gammas=[0.01, 0.03], kpca_alphas=[0.1],
                     ebm_params=dict(sample_steps=16, recovery_steps=2, ais_n_particles=64,
                                     ais_n_steps=16))
     return dict(max_iter="auto", n_denoise=300, n_samples=300, ebm_params={},
-                gmm_components=list(range(1, 21)),
+                gmm_components=list(range(1, 21)), gmm_pm_components=[1, 2, 5, 10, 20, 40],
+                gmm_pm_reg_covars=[1e-4, 1e-3, 3e-3, 1e-2, 3e-2],
                 kde_bandwidths=[round(float(b), 4) for b in np.geomspace(0.02, 0.5, 15)],
                 pca_components=list(range(1, 65)),
                 kpca_components=[16, 32, 64, 128, 256, 512, 1024],
@@ -189,7 +199,7 @@ def tune_baselines(X_train: np.ndarray, cfg: dict, n_jobs: int) -> dict:
 
 # ---------------------------------------------------------------------------- jobs
 def _ebm_job(*, name, seed, max_iter, ebm_params, X_train, X_test, n_denoise, n_samples,
-             bandwidth, keep_samples) -> dict:
+             bandwidth, keep_samples, **_) -> dict:
     cls, params = MODELS[name]
     est = cls(random_state=seed, max_iter=max_iter, **params)
     est.set_params(**{k: v for k, v in ebm_params.items() if k in est.get_params()})
@@ -280,8 +290,98 @@ def _baseline_job(*, seed, X_train, X_test, n_denoise, n_samples, bandwidth, cho
     return list(rows.values())
 
 
+def gmm_posterior_mean(Y: np.ndarray, means: np.ndarray, covs: np.ndarray,
+                       weights: np.ndarray, var: float) -> np.ndarray:
+    """``E[x | y]`` for a Gaussian mixture prior and ``y = x + N(0, var I)``, exactly.
+
+    Component ``c`` contributes ``m_c + C_c (C_c + var I)⁻¹ (y - m_c)`` with the weight of
+    its evidence ``π_c N(y; m_c, C_c + var I)``.
+    """
+    from scipy.linalg import cho_factor, cho_solve
+    from scipy.special import softmax
+
+    log_r, parts = [], []
+    for m, C, w in zip(means, covs, weights, strict=True):
+        factor = cho_factor(C + var * np.eye(len(m)), lower=True)
+        diff = Y - m
+        sol = cho_solve(factor, diff.T).T  # (C + var I)⁻¹ (y - m), row by row
+        log_r.append(np.log(w) - 0.5 * np.sum(diff * sol, axis=1)
+                     - np.log(np.diag(factor[0])).sum())
+        parts.append(m + sol @ C)
+    r = softmax(np.stack(log_r, axis=1), axis=1)  # (n, K)
+    return np.einsum("nk,knd->nd", r, np.stack(parts))
+
+
+def _envelope_prior(X_train: np.ndarray, seed: int) -> tuple:
+    """The time-conditional DCD model's envelope for ``seed`` as (means, covs, weights), with
+    the image standardisation (one mean and scale for all pixels), in pixel units."""
+    from sklearn.utils import check_random_state
+
+    from skdcd import _envelope
+
+    mean, scale = X_train.mean(), X_train.std()
+    Z = (X_train - mean) / scale
+    model_seed = int(check_random_state(seed).randint(np.iinfo(np.int32).max))
+    k = _envelope.n_components("auto", *Z.shape, conditional=True)
+    means, vecs, lams, residual, *weights = _envelope.mixture_fit(Z, k, model_seed)
+    if not weights:  # one Gaussian (probabilistic PCA): give it the axis of components
+        means, vecs, lams, residual, weights = (means[None], vecs[None], lams[None],
+                                                np.atleast_1d(residual), [np.ones(1)])
+    eye = np.eye(Z.shape[1])
+    covs = np.stack([V @ np.diag(lam) @ V.T + r * (eye - V @ V.T)
+                     for V, lam, r in zip(vecs, lams, residual, strict=True)])
+    return mean + scale * means, scale**2 * covs, weights[0]
+
+
+def _tune_gmm_pm(X_train: np.ndarray, cfg: dict) -> dict:
+    """Components and ridge of the GMM posterior mean per σ, by validation MSE."""
+    from sklearn.mixture import GaussianMixture
+    from sklearn.model_selection import train_test_split
+
+    X_fit, X_val = train_test_split(X_train, test_size=300, random_state=0)
+    best = {}
+    for k in cfg["gmm_pm_components"]:
+        for reg in cfg["gmm_pm_reg_covars"]:
+            gmm = GaussianMixture(k, covariance_type="full", reg_covar=reg,
+                                  random_state=0).fit(X_fit)
+            for sigma in SIGMAS:
+                X_hat = gmm_posterior_mean(noisy(X_val, sigma, TUNE_SEED), gmm.means_,
+                                           gmm.covariances_, gmm.weights_, sigma**2)
+                mse = float(np.mean((X_hat - X_val) ** 2))
+                if mse < best.get(f"{sigma:g}", {}).get("val_mse", np.inf):
+                    best[f"{sigma:g}"] = dict(n_components=k, reg_covar=reg, val_mse=mse)
+    return best
+
+
+def _denoiser_job(*, name, seed, X_train, X_test, n_denoise, cfg, **_) -> dict:
+    """Denoising by an exact GMM posterior mean: the envelope, or the tuned GMM."""
+    from sklearn.mixture import GaussianMixture
+
+    const = X_train.std(axis=0) == 0
+    X_clean = X_test[:n_denoise]
+    start = time.perf_counter()
+    row = dict(method=name, seed=seed, denoise={})
+    chosen = _tune_gmm_pm(X_train, cfg) if name == "gmm-pm" else None
+    prior = _envelope_prior(X_train, seed) if name == "envelope" else None
+    for sigma in SIGMAS:
+        key = f"{sigma:g}"
+        if chosen is not None:
+            gmm = GaussianMixture(chosen[key]["n_components"], covariance_type="full",
+                                  reg_covar=chosen[key]["reg_covar"],
+                                  random_state=seed).fit(X_train)
+            prior = (gmm.means_, gmm.covariances_, gmm.weights_)
+        X_hat = gmm_posterior_mean(noisy(X_clean, sigma, seed), *prior, sigma**2)
+        row["denoise"][key] = _denoise_metrics(X_hat, X_clean, const)
+    row["fit_seconds"] = time.perf_counter() - start
+    if chosen is not None:
+        row["chosen"] = chosen
+    return row
+
+
 def _dispatch(kind: str, **kw):
-    return [_ebm_job(**kw)] if kind == "ebm" else _baseline_job(**kw)
+    if kind == "ebm":
+        return [_ebm_job(**kw) if kw["name"] in MODELS else _denoiser_job(**kw)]
+    return _baseline_job(**kw)
 
 
 # ---------------------------------------------------------------------------- section
@@ -290,9 +390,10 @@ def run(*, quick: bool, seeds: list[int], n_jobs: int, models: list[str] | None 
 
     ``models``: only these EBMs, and no baselines (see :func:`merge_models`).
     """
-    unknown = set(models or ()) - set(MODELS)
+    unknown = set(models or ()) - set(MODELS) - set(DENOISERS)
     if unknown:
-        raise ValueError(f"unknown digits models {sorted(unknown)}; choose from {list(MODELS)}")
+        raise ValueError(f"unknown digits models {sorted(unknown)}; choose from "
+                         f"{[*MODELS, *DENOISERS]}")
     cfg = _settings(quick)
     X_train, X_test = load_split()
     bandwidth = median_bandwidth(X_test)
@@ -303,14 +404,15 @@ def run(*, quick: bool, seeds: list[int], n_jobs: int, models: list[str] | None 
                   n_samples=cfg["n_samples"], bandwidth=bandwidth)
     # the slow EBM jobs first, so the cheap baseline jobs fill the gaps at the end
     jobs = [dict(kind="ebm", name=name, seed=s, max_iter=cfg["max_iter"],
-                 ebm_params=cfg["ebm_params"], keep_samples=s == seeds[0], **common)
-            for name in models or MODELS for s in seeds]
+                 ebm_params=cfg["ebm_params"], keep_samples=s == seeds[0], cfg=cfg, **common)
+            for name in models or (*MODELS, *DENOISERS) for s in seeds]
     if models is None:
         jobs += [dict(kind="baselines", seed=s, chosen=chosen, cfg=cfg,
                       keep_samples=s == seeds[0], **common) for s in seeds]
     rows = [row for part in parallel_map(_dispatch, jobs, n_jobs) for row in part]
     return dict(settings=dict(cfg, seeds=list(seeds), sigmas=list(SIGMAS),
-                              models=list(models or MODELS), mmd_bandwidth=bandwidth,
+                              models=list(models or (*MODELS, *DENOISERS)),
+                              mmd_bandwidth=bandwidth,
                               gmm_reg_covar=GMM_REG_COVAR, tune_seed=TUNE_SEED,
                               tune_seconds=tune_seconds),
                 rows=rows, chosen=chosen, real=_grid(X_test))
@@ -319,8 +421,10 @@ def run(*, quick: bool, seeds: list[int], n_jobs: int, models: list[str] | None 
 # ---------------------------------------------------------------------------- report
 LABELS = {"noisy": "noisy input", "pca": "PCA", "kpca": "KernelPCA", "wiener": "Wiener",
           "dcd-tc": "DCD time-cond.", "dcd": "DCD marginal",
-          "cd-10": "CD-10", "train": "train subset (floor)", "gmm": "GMM (BIC)",
-          "kde": "KDE (CV)"}
+          "cd-10": "CD-10", "dcd-env": "DCD marginal + mixture envelope",
+          "cd-10-env": "CD-10 + mixture envelope", "envelope": "envelope alone",
+          "gmm-pm": "GMM posterior mean (val.)", "train": "train subset (floor)",
+          "gmm": "GMM (BIC)", "kde": "KDE (CV)"}
 
 
 def _label(method: str) -> str:
@@ -407,12 +511,40 @@ def targets(result: dict) -> list[list[str]]:
     excess, se = generation_excess(dcds, floors)
     met = (dcd <= 2 * max(floor, 0.0) or excess <= 2 * se) and all(dcd < c for c in cds)
     return [[f"Digits denoising: {TARGET}", f"worst margin {margins[worst]:+.2f} dB ({worst})",
-             status],
+             status], *_denoising_targets(result),
             ["Digits generation: DCD (time-conditional) MMD² ≤ 2× the train-vs-test floor, or "
              "within 2 s.e. of it, and below CD's",
              f"{1e3 * dcd:.2f}e-3 vs floor {1e3 * floor:.2f}e-3 (excess {1e3 * excess:+.2f}e-3 "
              f"± {1e3 * se:.2f}e-3 s.e.), CD " + ", ".join(f"{1e3 * c:.2f}e-3" for c in cds),
              "**met**" if met else "**not met**"]]
+
+
+def _denoising_targets(result: dict) -> list[list[str]]:
+    """Issue 26's denoising targets, where their rows exist: DCD against the tuned GMM
+    posterior mean (+0.5 dB) and its own envelope (+1 dB), the marginal models against the
+    noisy input and the Wiener filter, at every σ."""
+    rows, sigmas = result["rows"], [f"{s:g}" for s in result["settings"]["sigmas"]]
+    present = {r["method"] for r in rows}
+
+    def psnr(m, s):
+        return float(np.mean(_values(rows, m, lambda r: r["denoise"][s]["psnr"])))
+
+    out = []
+    for rival, need, text in (("gmm-pm", 0.5, "the validation-tuned GMM posterior mean"),
+                              ("envelope", 1.0, "its own envelope alone")):
+        if rival in present and DCD in present:
+            gaps = {s: psnr(DCD, s) - psnr(rival, s) for s in sigmas}
+            out.append([f"Digits denoising: DCD (time-conditional) ≥ {text} + {need:g} dB "
+                        "at every σ", ", ".join(f"σ={s} {g:+.2f}" for s, g in gaps.items()),
+                        "**met**" if min(gaps.values()) >= need else "**not met**"])
+    for m in ("dcd", "dcd-env"):
+        if m in present and {"noisy", "wiener"} <= present:
+            gaps = {s: psnr(m, s) - max(psnr("noisy", s), psnr("wiener", s)) for s in sigmas}
+            out.append([f"Digits denoising: {_label(m)} better than the noisy input and the "
+                        "Wiener filter at every σ", ", ".join(f"σ={s} {g:+.2f}"
+                                                              for s, g in gaps.items()),
+                        "**met**" if min(gaps.values()) > 0 else "**not met**"])
+    return out
 
 
 def generation_excess(model: list[float], floor: list[float]) -> tuple[float, float]:
@@ -435,7 +567,7 @@ def _generation_tables(result: dict) -> list[str]:
            f"vs the 300 test digits; RBF bandwidth {result['settings']['mmd_bandwidth']:.3f})",
            ""]
     table = []
-    for m in ["train", "gmm", "kde", *models]:
+    for m in ["train", "gmm", "kde", *(m for m in models if m in MODELS)]:
         # results from before dequantised scoring are not shown: they scored a continuous
         # density on 17 grey levels, and the time-conditional model a blurred density
         loglik = _spread_of(rows, m, lambda r: r.get("test_loglik_dequantized", np.nan))
@@ -459,7 +591,7 @@ def _timing_table(result: dict) -> list[str]:
     rows = result["rows"]
     keys = ("fit_seconds", "denoise_seconds", "sample_seconds", "score_seconds")
     table = [[_label(m)] + [_cell(_spread_of(rows, m, lambda r, k=k: r[k]), 1) for k in keys]
-             for m in result["settings"]["models"]]
+             for m in result["settings"]["models"] if m in MODELS]
     return ["Seconds per job (one thread):", "",
             md_table(["", "fit", f"denoise (3 σ × {result['settings']['n_denoise']})",
                       f"sample ({result['settings']['n_samples']})", "score (AIS)"], table), ""]

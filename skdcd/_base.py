@@ -27,6 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
+from skdcd import _envelope as envelope
 from skdcd import _inference as inference
 from skdcd import _training as training
 from skdcd import partition
@@ -61,6 +62,8 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         "energy_reg": [Interval(Real, 0, None, closed="left")],
         "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
         "envelope_std": [Interval(Real, 0, None, closed="neither"), None],
+        "envelope_components": [Interval(Integral, 1, None, closed="left"),
+                                StrOptions({"auto"}), None],
         "clip_margin": [Interval(Real, 0, None, closed="left"), None],
         "well_penalty": [Interval(Real, 0, None, closed="left")],
         "standardize": ["boolean"],
@@ -82,8 +85,8 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         self, *, hidden_layer_sizes=(128, 128, 128), image_shape=None,
         conv_channels=(16, 32, 64), spectral_norm=False, activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
-        energy_reg=0.01, max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,
-        well_penalty=1.0, standardize=True, log_partition="auto",
+        energy_reg=0.01, max_grad_norm=None, envelope_std=3.0, envelope_components="auto",
+        clip_margin=1.0, well_penalty=1.0, standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
         mixed_precision=False, compile=False,
@@ -101,6 +104,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         self.energy_reg = energy_reg
         self.max_grad_norm = max_grad_norm
         self.envelope_std = envelope_std
+        self.envelope_components = envelope_components
         self.clip_margin = clip_margin
         self.well_penalty = well_penalty
         self.standardize = standardize
@@ -268,7 +272,15 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         self.loss_curve_: list[float] = []
         self.n_iter_ = 0
         self.t_ = 0
+        self._set_envelope(Z)
         self._initial_state(Z)
+
+    def _set_envelope(self, Z: np.ndarray) -> None:
+        """The Gaussian mixture envelope of the rows ``Z``, where ``envelope_components`` asks."""
+        Z = Z[np.isfinite(Z).all(axis=1)]
+        k = envelope.n_components(self.envelope_components, *Z.shape, self._time_conditional)
+        if k is not None and self.envelope_std is not None and len(Z):
+            self.energy_net_.set_gaussian(*envelope.mixture_fit(Z, k, self._seed))
 
     def _build_energy_net(self, n_features: int) -> EnvelopedEnergy:
         """A fresh energy network of the kind the parameters (and fitted kind) say."""

@@ -35,12 +35,6 @@ _WIDE_MAX_FEATURES = 16
 # the auto ladder of a time-conditional model: from 0.05 to the data's diameter (on a
 # subsample), neighbouring levels about 1.5 apart so that each posterior is narrow
 _LADDER_LOW, _LADDER_RATIO, _DIAMETER_ROWS = 0.05, 1.5, 1000
-# directions of the Gaussian envelope of a time-conditional energy, and rows that fit them
-_ENVELOPE_DIRECTIONS, _ENVELOPE_ROWS = 128, 4096
-# envelope_components="auto": a mixture of this many full-covariance Gaussians up to this
-# many features (beyond, one probabilistic PCA: full covariances cost d² per component)
-_MIXTURE_COMPONENTS, _MIXTURE_MAX_FEATURES = 10, 128
-_MIXTURE_FLOOR = 0.3  # added to each component's variances, as a fraction of the data's mean
 
 
 class DCDEnergyEstimator(BaseEnergyEstimator):
@@ -92,15 +86,6 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
     n_noise_levels : int or "auto", default="auto"
         Levels of the noise ladder (``time_conditional=True``). ``"auto"``: neighbouring
         levels a factor of about 1.5 apart, so that each posterior is narrow.
-    envelope_components : int or "auto", default="auto"
-        Components of the Gaussian mixture fitted to the training data whose energy,
-        diffused to each level, is the envelope of a time-conditional energy (with
-        ``envelope_std`` not ``None``): the network then learns only what the mixture
-        misses, and at wide levels, where the diffused mixture is nearly exact, little.
-        ``1``: one Gaussian (probabilistic PCA, up to 128 directions). ``"auto"``: 10
-        full-covariance components, fewer with fewer than 20 training rows per feature,
-        and one Gaussian beyond 128 features, where full covariances cost too much
-        (:ref:`defaults`).
     recovery_steps : int, default=20
         MALA moves per level of recovery sampling (``time_conditional=True``).
     negative_sampler : {{"auto", "importance", "langevin", "mala", "laplace"}}, default="auto"
@@ -175,8 +160,6 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         "noise_std": [Interval(Real, 0, None, closed="neither"), tuple, StrOptions({"auto"})],
         "time_conditional": ["boolean", StrOptions({"auto"})],
         "n_noise_levels": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
-        "envelope_components": [Interval(Integral, 1, None, closed="left"),
-                                StrOptions({"auto"})],
         "recovery_steps": [Interval(Integral, 1, None, closed="left")],
         "negative_sampler": [StrOptions({"auto", "importance", "langevin", "mala", "laplace"})],
         "posterior_steps": [Interval(Integral, 1, None, closed="left")],
@@ -188,13 +171,13 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
 
     def __init__(
         self, *, diffusion="ve", noise_std="auto", time_conditional="auto",
-        n_noise_levels="auto", envelope_components="auto",
-        recovery_steps=20, negative_sampler="auto",
+        n_noise_levels="auto", recovery_steps=20, negative_sampler="auto",
         posterior_steps=10, posterior_step_size=0.1, n_proposals=48, n_negatives=8,
         hidden_layer_sizes=(128, 128, 128), image_shape=None, conv_channels=(16, 32, 64),
         spectral_norm=False, activation="silu", energy_net=None,
         learning_rate=1e-2, lr_schedule="cosine", batch_size=256, max_iter="auto",
-        energy_reg="auto", max_grad_norm=None, envelope_std=3.0, clip_margin=1.0,
+        energy_reg="auto", max_grad_norm=None, envelope_std=3.0, envelope_components="auto",
+        clip_margin=1.0,
         well_penalty=1.0, standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
@@ -205,7 +188,8 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             conv_channels=conv_channels, spectral_norm=spectral_norm, activation=activation,
             energy_net=energy_net, learning_rate=learning_rate, lr_schedule=lr_schedule,
             batch_size=batch_size, max_iter=max_iter, energy_reg=energy_reg,
-            max_grad_norm=max_grad_norm, envelope_std=envelope_std, clip_margin=clip_margin,
+            max_grad_norm=max_grad_norm, envelope_std=envelope_std,
+            envelope_components=envelope_components, clip_margin=clip_margin,
             well_penalty=well_penalty, standardize=standardize,
             log_partition=log_partition,
             quadrature_n_grid=quadrature_n_grid, ais_n_particles=ais_n_particles,
@@ -218,7 +202,6 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         self.noise_std = noise_std
         self.time_conditional = time_conditional
         self.n_noise_levels = n_noise_levels
-        self.envelope_components = envelope_components
         self.recovery_steps = recovery_steps
         self.negative_sampler = negative_sampler
         self.posterior_steps = posterior_steps
@@ -310,11 +293,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         return np.geomspace(low, high, max(n_levels, 2))
 
     def _initial_state(self, Z: np.ndarray) -> None:
-        """A time-conditional energy's envelope: a Gaussian mixture fit of the data."""
-        Z = Z[np.isfinite(Z).all(axis=1)]
-        if self._time_conditional and self.envelope_std is not None and len(Z):
-            n_components = _envelope_components(self.envelope_components, *Z.shape)
-            self.energy_net_.set_gaussian(*_mixture_fit(Z, n_components, self._seed))
+        """DCD keeps no state beyond the shared one (the envelope is set by the base)."""
 
     def _objective(self, device: torch.device) -> ContrastiveObjective:
         posterior = PosteriorNegatives(
@@ -344,58 +323,3 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         return inference.LadderModel(**fields, levels=self.noise_levels_,
                                      recovery_steps=self.recovery_steps,
                                      recovery_step_size=5 * self.posterior_step_size)
-
-
-def _envelope_components(envelope_components: int | str, n: int, d: int) -> int:
-    """``envelope_components`` with ``"auto"`` resolved for ``n`` rows of ``d`` features."""
-    if envelope_components != "auto":
-        return min(envelope_components, n)
-    if d > _MIXTURE_MAX_FEATURES:
-        return 1
-    # a component's full covariance needs rows; fewer rows, fewer components
-    return int(min(_MIXTURE_COMPONENTS, max(1, min(n, _ENVELOPE_ROWS) // (2 * d))))
-
-
-def _gaussian_fit(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Probabilistic PCA of the rows of ``Z``: mean, directions, their variances, residual.
-
-    The leading ``_ENVELOPE_DIRECTIONS`` principal directions of an evenly spaced subsample
-    of at most ``_ENVELOPE_ROWS`` rows, and the mean variance of the rest. Variances are
-    floored at 1 % of the mean variance: the envelope may be too wide, which the network
-    corrects near the data, but never so narrow that directions the sample missed (constant
-    features; all but ``n - 1`` directions when ``n ≤ d``) cost more than the data suggests.
-    """
-    Z = Z[:: max(1, math.ceil(len(Z) / _ENVELOPE_ROWS))]
-    mean = Z.mean(axis=0)
-    n, d = Z.shape
-    _, s, vt = np.linalg.svd(Z - mean, full_matrices=False)
-    var = s**2 / max(n - 1, 1)  # (min(n, d),) descending
-    k = min(_ENVELOPE_DIRECTIONS, len(var))
-    total = max(float((Z - mean).var(axis=0, ddof=min(1, n - 1)).sum()), 1e-12)
-    floor = 1e-2 * total / d
-    residual = (total - var[:k].sum()) / (d - k) if d > k else floor
-    return mean, vt[:k].T, np.maximum(var[:k], floor), max(float(residual), floor)
-
-
-def _mixture_fit(Z: np.ndarray, n_components: int, seed: int) -> tuple:
-    """Arguments of ``EnvelopedEnergy.set_gaussian`` for a Gaussian mixture fit of ``Z``.
-
-    Full covariances (``GaussianMixture`` on the same subsample as :func:`_gaussian_fit`),
-    each widened by 30 % of the data's mean variance (``reg_covar``), given as eigenvectors
-    and eigenvalues; one component is the probabilistic PCA of :func:`_gaussian_fit`. Sharp
-    components leave the network little to correct at the narrow levels (the user guide's
-    "why these defaults").
-    """
-    if n_components == 1:
-        return _gaussian_fit(Z)
-    from sklearn.mixture import GaussianMixture
-
-    Z = Z[:: max(1, math.ceil(len(Z) / _ENVELOPE_ROWS))]
-    floor = _MIXTURE_FLOOR * max(float(Z.var(axis=0).sum()), 1e-12) / Z.shape[1]
-    gmm = GaussianMixture(n_components, covariance_type="full", reg_covar=floor,
-                          random_state=seed).fit(Z)
-    var, vec = np.linalg.eigh(gmm.covariances_)  # (K, d), (K, d, d)
-    residual = np.full(n_components, floor)  # no direction is left over
-    return gmm.means_, vec, np.maximum(var, floor), residual, gmm.weights_
-
-

@@ -51,6 +51,17 @@ PARAMS_DOC = """
         DCD energy's envelope is instead the energy of a Gaussian mixture fit of the
         training data (``envelope_components``) diffused to each level, so that the network
         only learns what the mixture misses; ``None`` disables that one too.
+    envelope_components : int, "auto" or None, default="auto"
+        Components of a Gaussian mixture fitted to the training data whose energy
+        (diffused to each level, for a time-conditional energy) replaces the isotropic
+        envelope (with ``envelope_std`` not ``None``): the network then learns only what
+        the mixture misses. ``1``: one Gaussian (probabilistic PCA, up to 128
+        directions). ``"auto"``: for a time-conditional DCD energy 10 full-covariance
+        components, fewer with fewer than 20 training rows per feature, and one Gaussian
+        beyond 128 features, where full covariances cost too much (:ref:`defaults`); for
+        every other energy (marginal DCD, CD) the isotropic envelope. ``None``: the
+        isotropic envelope for every energy. An integer gives any model, CD included, the
+        mixture envelope, so that training methods compare on the same model.
     clip_margin : float or None, default=1.0
         The network sees each feature clipped to the training range widened by this many
         standardised units; beyond that box only the envelope varies. Without it a network

@@ -834,3 +834,28 @@ def test_energy_of_a_million_rows_does_not_grow_the_heap():
     before = status_mb("VmRSS")
     est.energy(X)
     assert status_mb("VmHWM") - before < 250  # inputs + output copies are ~50 MB
+
+
+# ---------------------------------------------------------------- the envelope
+@pytest.mark.parametrize("est_cls", ESTIMATORS)
+def test_an_integer_envelope_components_gives_any_model_the_mixture_envelope(est_cls, blobs):
+    from skdcd._envelope import mixture_fit
+
+    est = est_cls(**FAST, envelope_components=2).fit(blobs)
+    net = est.energy_net_
+    assert net.center.shape == (2, 2) and net.log_weights.shape == (2,)
+    # the envelope is the mixture fitted to the standardised rows, with the model's seed
+    Z = (blobs - est.mean_) / est.scale_
+    means, _, _, _, weights = mixture_fit(Z, 2, est._seed)
+    np.testing.assert_allclose(net.center.numpy(), means, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.log_weights.exp().numpy(), weights, rtol=1e-5)
+    for default in (est_cls(**FAST), est_cls(**FAST, envelope_components=None)):
+        assert default.fit(blobs).energy_net_.directions.numel() == 0  # isotropic
+
+
+def test_a_time_conditional_energy_takes_the_isotropic_envelope_with_none(blobs):
+    est = DCDEnergyEstimator(**FAST, time_conditional=True, recovery_steps=2,
+                             envelope_components=None).fit(blobs)
+    assert est.energy_net_.directions.numel() == 0
+    auto = DCDEnergyEstimator(**FAST, time_conditional=True, recovery_steps=2).fit(blobs)
+    assert auto.energy_net_.directions.numel() > 0  # "auto": the mixture

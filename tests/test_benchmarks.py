@@ -11,6 +11,7 @@ from benchmarks.__main__ import _merge_experiments
 from benchmarks.common import merge_models, same_package_code, spread, write_json
 from benchmarks.digits import generation_excess
 from benchmarks.report import targets, write_report
+from skdcd import DCDEnergyEstimator
 
 
 def test_spread_uses_sample_std():
@@ -304,3 +305,32 @@ def test_realdata_splits_are_disjoint_standardised_and_dequantised():
     assert len(np.unique(rows, axis=0)) == len(rows)  # dequantised: no two rows alike
     again, other = load("digits", 0)[0], load("digits", 1)[0]
     assert np.array_equal(again, train) and not np.array_equal(other, train)
+
+
+def test_gmm_posterior_mean_is_the_wiener_filter_for_one_gaussian_and_mixes_for_two():
+    from benchmarks.digits import gmm_posterior_mean
+
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3, 3))
+    C, m, var = A @ A.T + np.eye(3), np.array([1.0, -1.0, 0.5]), 0.3
+    Y = rng.standard_normal((5, 3))
+    wiener = m + (Y - m) @ np.linalg.solve(C + var * np.eye(3), C)
+    np.testing.assert_allclose(gmm_posterior_mean(Y, m[None], C[None], np.ones(1), var),
+                               wiener, rtol=1e-10)
+    # two far-apart components: each observation is denoised by its own component
+    means = np.array([[-50.0, 0, 0], [50.0, 0, 0]])
+    out = gmm_posterior_mean(means + 0.1, means, np.stack([C, C]), np.array([0.3, 0.7]), var)
+    for i in range(2):
+        own = means[i] + np.full(3, 0.1) @ np.linalg.solve(C + var * np.eye(3), C)
+        np.testing.assert_allclose(out[i], own, rtol=1e-8)
+
+
+def test_the_envelope_prior_denoises_as_the_time_conditional_model_at_its_start():
+    from benchmarks.digits import _envelope_prior, gmm_posterior_mean, load_split, noisy
+
+    X = load_split()[0][:300]
+    est = DCDEnergyEstimator(image_shape=(1, 8, 8), time_conditional=True, max_iter=1,
+                             learning_rate=1e-9, recovery_steps=2, random_state=3).fit(X)
+    Y = noisy(X[:20], 0.2, 0)
+    expected = gmm_posterior_mean(Y, *_envelope_prior(X, 3), 0.2**2)
+    np.testing.assert_allclose(est.denoise(Y, 0.2, method="tweedie"), expected, atol=2e-3)

@@ -107,18 +107,18 @@ def test_noise_ladder_and_vp_fit(blobs):
 
 
 def test_gaussian_fit_recovers_the_covariance_and_floors_missing_directions():
-    from skdcd._dcd import _gaussian_fit
+    from skdcd._envelope import gaussian_fit
 
     rng = np.random.RandomState(0)
     Q, _ = np.linalg.qr(rng.randn(3, 3))
     Z = rng.randn(3000, 3) @ (Q * [2.0, 1.0, 0.5]).T + 4.0
-    mean, U, lam, r = _gaussian_fit(Z)
+    mean, U, lam, r = gaussian_fit(Z)
     np.testing.assert_allclose(mean, Z.mean(axis=0))
     np.testing.assert_allclose(U @ np.diag(lam) @ U.T, np.cov(Z.T), atol=1e-12)
     # fewer rows than features: the directions the sample cannot see get the floor, 1 % of
     # the mean variance, rather than zero
     Z = rng.randn(20, 50)
-    _, U, lam, r = _gaussian_fit(Z)
+    _, U, lam, r = gaussian_fit(Z)
     floor = 0.01 * Z.var(axis=0, ddof=1).sum() / 50
     assert U.shape == (50, 20) and np.allclose(U.T @ U, np.eye(20))
     assert lam[-1] == pytest.approx(floor) and r == pytest.approx(floor)

@@ -273,10 +273,10 @@ def test_a_format_1_file_with_one_gaussian_envelope_still_loads(images, tmp_path
     ((3, 8, 8), 3000, 1),  # beyond 128 features: one Gaussian
 ])
 def test_envelope_components_auto(shape, rows, expected):
-    from skdcd._dcd import _envelope_components
+    from skdcd._envelope import n_components
 
-    assert _envelope_components("auto", rows, math.prod(shape)) == expected
-    assert _envelope_components(3, 2, 5) == 2  # never more components than rows
+    assert n_components("auto", rows, math.prod(shape), conditional=True) == expected
+    assert n_components(3, 2, 5, conditional=False) == 2  # never more components than rows
 
 
 # ---------------------------------------------------------------------------- precision, compile
