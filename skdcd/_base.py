@@ -239,8 +239,8 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         with _Transaction(self) as before:
             first = not hasattr(self, "energy_net_")
             X = self._validate_X(X, reset=first)
+            _check_params(self, X.shape[1])
             if first:
-                _check_params(self, X.shape[1])
                 self._start(X)
             else:
                 self._resolve(None)
@@ -395,7 +395,7 @@ class _Transaction:
         params = est.get_params(deep=False)
         net = est.__dict__.get("energy_net_")
         self.weights = None if net is None else copy.deepcopy(net.state_dict())
-        self.state = {k: v if k in params or k == "energy_net_" else copy.deepcopy(v)
+        self.state = {k: v if k in params or k == "energy_net_" else _saved(v)
                       for k, v in est.__dict__.items()}
 
     def __enter__(self) -> _Transaction:
@@ -406,14 +406,46 @@ class _Transaction:
             self.rollback()
 
     def rollback(self) -> None:
-        """Put back the state at entry."""
-        params = self.est.get_params(deep=False)
-        self.est.__dict__.clear()
-        self.est.__dict__.update({k: copy.deepcopy(v) if k not in params and
-                                  k != "energy_net_" else v for k, v in self.state.items()})
+        """Put back the state at entry (idempotent)."""
+        state = {k: _restored(v) for k, v in self.state.items()}  # before touching est
+        for k in [k for k in self.est.__dict__ if k not in state]:
+            del self.est.__dict__[k]
+        self.est.__dict__.update(state)
         if self.weights is not None:
-            self.est.energy_net_.load_state_dict(self.weights)
-            self.est.energy_net_.to("cpu").eval()
+            net = self.est.energy_net_
+            net.load_state_dict(self.weights)
+            for p in net.parameters():
+                p.grad = None
+            net.to("cpu").eval()
+
+
+def _saved(value):
+    """A fitted attribute as a transaction keeps it: what training changes in place is copied.
+
+    Arrays and scalars are only ever replaced, never changed in place, so they are kept as
+    they are; ``loss_curve_`` only grows, so its length is kept (no copy per call).
+    """
+    if isinstance(value, np.ndarray | str | int | float | tuple) or value is None:
+        return value
+    if isinstance(value, list):
+        return _Appended(value, len(value))
+    return copy.deepcopy(value)
+
+
+def _restored(value):
+    if isinstance(value, _Appended):
+        del value.items[value.length:]
+        return value.items
+    if isinstance(value, dict | torch.Tensor | list):
+        return copy.deepcopy(value)  # a second rollback must find the saved value intact
+    return value
+
+
+class _Appended:
+    """A list that training appends to, and its length when the transaction began."""
+
+    def __init__(self, items: list, length: int) -> None:
+        self.items, self.length = items, length
 
 
 def _check_params(est: BaseEstimator, n_features: int, *, check_device: bool = True) -> None:

@@ -192,14 +192,14 @@ def _check_out(path: str, suffixes: Sequence[str] | None = None, option: str = "
                        f"{', '.join(suffixes)}", code=2)
     if p.is_dir():
         raise CLIError(f"{option} {path} is a folder")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise CLIError(f"{option} {path}: folder {parent} does not exist")
     try:
         existing_file_mode(p)
     except ValueError as exc:
         raise CLIError(f"{option} {path} exists and is not a regular file (a device, a FIFO, "
                        "...); refusing to replace it") from exc
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise CLIError(f"{option} {path}: folder {parent} does not exist")
     return p
 
 

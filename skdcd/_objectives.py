@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -142,9 +142,13 @@ class ContrastiveObjective(ABC):
         """Estimator attributes that the objective updated during training (none here)."""
         return {}
 
-    def restore(self, state: dict) -> None:
-        """Go back to an earlier :meth:`fitted_state` (when an epoch is rolled back)."""
-        return None  # nothing to restore here
+    def checkpoint(self) -> None:
+        """Mark the start of an epoch, which :meth:`rollback` returns to (nothing here)."""
+        return None
+
+    def rollback(self) -> None:
+        """Undo what the objective changed since :meth:`checkpoint` (nothing here)."""
+        return None
 
 
 @dataclass
@@ -180,6 +184,9 @@ class CDObjective(_MarginalObjective):
     base_mean: torch.Tensor | None = None  # (d,) the Gaussian base of restarts
     base_std: torch.Tensor | None = None
     buffer: torch.Tensor | None = None
+    # (rows, their values) overwritten since the last checkpoint, newest last
+    _undo: list | None = field(default=None, init=False, repr=False)
+    _undrawn: bool = field(default=False, init=False, repr=False)
 
     def _base_draw(self, n: int, generator: torch.Generator, device) -> torch.Tensor:
         mean, std = self.base_mean.to(device), self.base_std.to(device)
@@ -202,6 +209,8 @@ class CDObjective(_MarginalObjective):
         x_neg = samplers.ula(net, start, n_steps=self.n_steps, step_size=self.step_size,
                              generator=generator)
         if self.persistent:
+            if self._undo is not None and not self._undrawn:
+                self._undo.append((idx, self.buffer[idx].clone()))
             self.buffer[idx] = x_neg.detach().cpu()
         return x_neg
 
@@ -209,9 +218,20 @@ class CDObjective(_MarginalObjective):
         """The replay buffer, which outlives the fit."""
         return {"_buffer": self.buffer}
 
-    def restore(self, state: dict) -> None:
-        """The replay buffer of an earlier :meth:`fitted_state`."""
-        self.buffer = state["_buffer"]
+    def checkpoint(self) -> None:
+        """Start an undo log of the replay buffer's rows (no copy of the whole buffer)."""
+        self._undo, self._undrawn = [], self.buffer is None
+
+    def rollback(self) -> None:
+        """Put back the replay buffer's rows that changed since :meth:`checkpoint`."""
+        if self._undo is None:
+            return
+        if self._undrawn:
+            self.buffer = None
+        else:
+            for idx, rows in reversed(self._undo):
+                self.buffer[idx] = rows
+        self._undo = []
 
     def negative_energies(self, net, x_pos, generator):
         """Mean and mean squared energy of :meth:`negatives`."""

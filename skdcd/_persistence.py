@@ -11,6 +11,7 @@ resolved at ``fit`` in the estimator's ``_resolve``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -101,7 +102,9 @@ def save_estimator(est, path: str | os.PathLike) -> None:
         "arrays": arrays, "scalars": json.dumps(scalars), "tensors": tensors,
         "feature_names_in": (list(map(str, est.feature_names_in_))
                              if hasattr(est, "feature_names_in_") else None),
-        "cache": {k: float(v) for k, v in est._cache.items()},
+        # a non-finite log Z is not saved (load refuses it); it is recomputed when asked
+        "cache": ({k: float(v) for k, v in est._cache.items()}
+                  if math.isfinite(est._cache.get("log_z", 0.0)) else {}),
     }
     write_atomic(path, lambda f: torch.save(payload, f))
 
@@ -113,8 +116,15 @@ def load_estimator(cls, path: str | os.PathLike, energy_net=None):
     ``ValueError`` that names it; the network is built only once its sizes match the
     file's tensors (checked on the ``meta`` device, which allocates nothing).
     """
-    name = os.fspath(path)
+    name = _name(path)
     payload = _read(cls, path)
+    if inspect.isabstract(cls):  # the base class: whichever estimator the file holds
+        cls = {c.__name__: c for c in cls.__subclasses__()}.get(payload["estimator"], cls)
+    if payload["estimator"] != cls.__name__:
+        raise ValueError(f"{name!r} holds a {payload['estimator']}; load it "
+                         f"with {payload['estimator']}.load.")
+    # outside the try: a warning that a caller turned into an error stays itself
+    warn_if_other_version(cls.__name__, payload["skdcd_version"])
     try:
         return _from_payload(cls, payload, energy_net)
     except Exception as exc:  # a malformed entry fails in many ways: one error for all
@@ -122,14 +132,13 @@ def load_estimator(cls, path: str | os.PathLike, energy_net=None):
         raise ValueError(f"cannot load {name!r}: {message}") from exc
 
 
+def _name(path) -> str:
+    """How errors name ``path`` (a path, or an open binary file)."""
+    return os.fspath(path) if isinstance(path, str | os.PathLike) else repr(path)
+
+
 def _from_payload(cls, payload: dict, energy_net):
     """The estimator that a checked payload describes (raises on any inconsistency)."""
-    if inspect.isabstract(cls):  # the base class: whichever estimator the file holds
-        cls = {c.__name__: c for c in cls.__subclasses__()}.get(payload["estimator"], cls)
-    if payload["estimator"] != cls.__name__:
-        raise ValueError(f"the file holds a {payload['estimator']}; load it "
-                         f"with {payload['estimator']}.load.")
-    warn_if_other_version(cls.__name__, payload["skdcd_version"])
     params = _json_dict(payload["params"], "params")
     custom = params.get("energy_net")
     if custom not in ("custom", None):
@@ -200,9 +209,9 @@ def _fitted_state(cls, payload: dict) -> dict:
             state[key] = value
             continue
         if not (key == "_buffer" and isinstance(value, torch.Tensor) and value.ndim == 2
-                and value.shape[1] == d and value.dtype == torch.float32
+                and value.shape[0] >= 1 and value.shape[1] == d and value.dtype == torch.float32
                 and bool(torch.isfinite(value).all())):
-            raise ValueError(f"tensors: {key} is not a finite float32 (n, {d}) tensor.")
+            raise ValueError(f"tensors: {key} is not a finite float32 (n ≥ 1, {d}) tensor.")
         state[key] = value
     return state
 
@@ -222,8 +231,11 @@ def _array(key: str, value, d: int) -> np.ndarray:
         raise ValueError(f"arrays: {key} has shape {a.shape}, expected {shape}.")
     if not np.isfinite(a).all() or a.size == 0:
         raise ValueError(f"arrays: {key} is empty or not finite.")
-    if key in ("scale_", "_base_std", "noise_levels_", "_base_weights") and not (a > 0).all():
-        raise ValueError(f"arrays: {key} must be positive.")
+    positive = (a > 0).all() if key != "_base_covs" or a.ndim == 2 else all(
+        np.allclose(c, c.T) and (np.linalg.eigvalsh(c) > 0).all() for c in a)
+    if key in ("scale_", "_base_std", "noise_levels_", "_base_weights", "_base_covs") \
+            and not positive:
+        raise ValueError(f"arrays: {key} must be positive (definite).")
     return a
 
 
@@ -239,13 +251,15 @@ def _network(est, n_features: int, weights) -> torch.nn.Module:
     # fork: the network's initialisation must not move torch's global generator
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*meta parameter", category=UserWarning)
-        with torch.device("meta"):  # sizes and names only, nothing allocated
-            est._build_energy_net(n_features).load_state_dict(weights)
-        net = est._build_energy_net(n_features)
+        if est.energy_net is None:  # sizes from the file's parameters: check them first
+            with torch.device("meta"):  # sizes and names only, nothing allocated
+                est._build_energy_net(n_features).load_state_dict(weights)
+        net = est._build_energy_net(n_features)  # a custom factory is the caller's code
     net.load_state_dict(weights)  # the network upgrades older buffers itself
     net.check_buffers(n_features)
-    if est.clip_margin is not None and not all(
-            bool(torch.isfinite(b).all()) for b in (net.low, net.high)):
+    box = (net.low, net.high)
+    if est.clip_margin is not None and any(b.ndim for b in box) and not all(
+            bool(torch.isfinite(b).all()) for b in box):  # 0-d ±inf: never clipped
         raise ValueError("energy_net: the clipping box is not finite.")
     return net.eval()
 
@@ -256,7 +270,20 @@ def _optimizer_state(net: torch.nn.Module, state) -> dict | None:
         return None
     if not isinstance(state, dict):
         raise ValueError("optimizer must be a dictionary or null.")
-    torch.optim.Adam(net.parameters()).load_state_dict(state)
+    adam = torch.optim.Adam(net.parameters())
+    defaults = dict(adam.param_groups[0])
+    adam.load_state_dict(state)
+    for group in adam.param_groups:  # training sets lr; the rest must be ours
+        for key in ("betas", "eps", "weight_decay", "amsgrad", "maximize"):
+            if key in group and tuple(np.atleast_1d(group[key])) != tuple(
+                    np.atleast_1d(defaults[key])):
+                raise ValueError(f"optimizer: {key} = {group[key]!r} is not skdcd's.")
+    for p, moments in adam.state.items():
+        for key, value in moments.items():
+            if key != "step" and not (isinstance(value, torch.Tensor)
+                                      and value.shape == p.shape
+                                      and bool(torch.isfinite(value).all())):
+                raise ValueError(f"optimizer: a {key} does not match its parameter.")
     return state
 
 
@@ -316,12 +343,13 @@ _COMMON_STATE = (*_REQUIRED_STATE, "_base_means", "_base_covs", "_base_weights")
 
 def _read(cls, path) -> dict:
     """The payload of ``path``, or a ``ValueError`` naming it if it is not of this format."""
-    name = os.fspath(path)
+    name = _name(path)
+    is_path = isinstance(path, str | os.PathLike)
     # before opening: a FIFO would block, a device read without end; a missing or
     # unreadable file says so itself (OSError)
-    if not stat.S_ISREG(os.stat(path).st_mode):
+    if is_path and not stat.S_ISREG(os.stat(path).st_mode):
         raise ValueError(f"{name!r} is not a regular file.")
-    with open(path, "rb") as f:
+    with open(path, "rb") if is_path else contextlib.nullcontext(path) as f:
         try:
             with warnings.catch_warnings():  # torch's note on foreign pickle protocols
                 warnings.filterwarnings("ignore", message=".*pickle protocol",

@@ -2,7 +2,7 @@
 
 Minibatches, the learning-rate schedule, autocast and compile, clipping and the divergence
 rule; it steps on an objective, a callable ``(net, x_pos, generator) -> loss`` with
-``fitted_state()`` and ``restore(state)`` for what it updates besides the weights
+``checkpoint()`` and ``rollback()`` for what it updates besides the weights
 (:class:`skdcd._objectives.ContrastiveObjective`).
 """
 
@@ -65,7 +65,7 @@ def run(net: torch.nn.Module, Z: torch.Tensor,
 
     Each epoch visits the rows in a random order, in minibatches. A non-finite loss or
     gradient stops the run and rolls the weights, the optimizer, ``state.t`` and the
-    objective's state (:meth:`~skdcd._objectives.ContrastiveObjective.restore`) back to the
+    objective's state (:meth:`~skdcd._objectives.ContrastiveObjective.rollback`) back to the
     start of that epoch. The network ends on the CPU in eval mode either way.
 
     Returns
@@ -94,7 +94,8 @@ def run(net: torch.nn.Module, Z: torch.Tensor,
         for epoch in range(settings.n_epochs):
             # the last state known to be finite: divergence rolls back to it
             snapshot = (copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict()),
-                        state.t, copy.deepcopy(objective.fitted_state()))
+                        state.t)
+            objective.checkpoint()
             epoch_loss = 0.0
             perm = torch.randperm(n, generator=generator, device=device)
             for b in range(n_batches):
@@ -110,7 +111,7 @@ def run(net: torch.nn.Module, Z: torch.Tensor,
                     net.load_state_dict(snapshot[0])
                     optimizer.load_state_dict(snapshot[1])
                     state.t = snapshot[2]
-                    objective.restore(snapshot[3])  # e.g. CD's replay buffer
+                    objective.rollback()  # e.g. CD's replay buffer
                     break
                 epoch_loss += loss_value
                 state.t += 1

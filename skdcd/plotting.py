@@ -37,7 +37,12 @@ def _new_figure(**kwargs: Any) -> Any:
 
 def _save(fig: Any, path: str | None, dpi: int = 100) -> Any:
     if path is not None:  # atomically: a failure keeps any earlier file whole
-        fmt = Path(path).suffix.lower().lstrip(".") or None
+        path = Path(path)
+        if not path.suffix:  # as matplotlib does: its default format's suffix
+            import matplotlib
+
+            path = path.with_name(f"{path.name}.{matplotlib.rcParams['savefig.format']}")
+        fmt = path.suffix.lower().lstrip(".")
         write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
     return fig
 

@@ -637,6 +637,13 @@ def test_a_bool_is_refused_where_a_number_is_expected(name, blobs):
     DCDEnergyEstimator(**{**FAST, "verbose": False}).fit(blobs)  # a flag may be a bool
 
 
+def test_partial_fit_refuses_a_bool_set_after_the_first_call(blobs):
+    est = DCDEnergyEstimator(**FAST).partial_fit(blobs)
+    est.set_params(batch_size=True)
+    with pytest.raises(ValueError, match="must not be a bool"):
+        est.partial_fit(blobs)
+
+
 def test_c_fortran_and_dataframe_rows_fit_bit_identically():
     import pandas as pd
 

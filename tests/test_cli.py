@@ -427,3 +427,11 @@ def test_a_bool_where_a_number_is_expected_fails_in_one_line(data_2d, tmp_path, 
     assert main(["fit", str(data), *_params("max_iter=True"), "--out",
                  str(tmp_path / "m.pt")]) == 1
     assert "must not be a bool" in _error_line(capsys.readouterr().err, "fit")
+
+
+
+def test_out_below_a_file_fails_in_one_line(fitted_2d, tmp_path, capsys):
+    _, _, _, model_path, _ = fitted_2d
+    (tmp_path / "file.txt").write_text("x")
+    assert main(["sample", str(model_path), "--out", str(tmp_path / "file.txt" / "s.npy")]) == 1
+    assert "does not exist" in _error_line(capsys.readouterr().err, "sample")

@@ -91,6 +91,12 @@ TAMPERED = {
     "the optimizer state of another network": lambda p: p["optimizer"].update(
         param_groups=[{"params": [0]}]),
     "an extra entry": lambda p: p.update(extra=1),
+    "the optimizer maximizing": lambda p: [g.update(maximize=True)
+                                           for g in p["optimizer"]["param_groups"]],
+    "an Adam moment of another shape": lambda p: [
+        m.update(exp_avg=torch.zeros(7)) for m in p["optimizer"]["state"].values()],
+    "covariances not positive definite": lambda p: p["arrays"].update(
+        _base_covs=-p["arrays"]["_base_covs"]),
     "the estimator a number": lambda p: p.update(estimator=1),
 }
 
@@ -318,3 +324,50 @@ def test_save_to_a_file_name_at_the_systems_limit(saved, tmp_path):
     est.save(path)  # the temporary file's name is short, whatever the target's
     assert np.array_equal(DCDEnergyEstimator.load(path).energy(X), est.energy(X))
     assert os.listdir(tmp_path) == [path.name]
+
+
+
+# ---------------------------------------------------------------- found by review
+def _item_factory(n_features):
+    """A custom network whose initialisation reads a value (impossible on ``meta``)."""
+    net = torch.nn.Linear(n_features, 1)
+    with torch.no_grad():
+        net.weight /= float(net.weight.norm())
+    return net
+
+
+def test_a_custom_network_that_reads_values_at_init_still_loads(saved, tmp_path):
+    _, _, X = saved
+    est = DCDEnergyEstimator(**{**FAST, "energy_net": _item_factory}).fit(X)
+    est.save(tmp_path / "m.pt")
+    again = DCDEnergyEstimator.load(tmp_path / "m.pt", energy_net=_item_factory)
+    assert np.array_equal(again.energy(X), est.energy(X))
+
+
+def test_a_version_warning_made_an_error_stays_a_warning(saved, monkeypatch):
+    from skdcd import InconsistentVersionWarning, _persistence
+
+    _, path, _ = saved
+    monkeypatch.setattr(_persistence, "__version__", "0.0.0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InconsistentVersionWarning)
+        with pytest.raises(InconsistentVersionWarning):
+            DCDEnergyEstimator.load(path)
+
+
+def test_what_save_writes_load_reads(saved, tmp_path):
+    _, _, X = saved
+    est = DCDEnergyEstimator(**{**FAST, "clip_margin": None}).fit(X)
+    est._cache["log_z"] = math.inf  # e.g. an energy unbounded below
+    est.set_params(clip_margin=1.0).save(tmp_path / "m.pt")  # the box was never set
+    again = DCDEnergyEstimator.load(tmp_path / "m.pt")
+    assert "log_z" not in again._cache  # recomputed when asked
+    assert np.array_equal(again.energy(X), est.energy(X))
+
+
+def test_load_reads_an_open_binary_file(saved):
+    import io
+
+    est, path, X = saved
+    again = DCDEnergyEstimator.load(io.BytesIO(path.read_bytes()))
+    assert np.array_equal(again.energy(X), est.energy(X))

@@ -145,3 +145,10 @@ def test_a_failed_save_keeps_the_previous_figure_whole(model_2d, tmp_path, monke
         plot_landscape_2d(est, X, path=str(out))
     assert out.read_bytes() == b"previous figure" and [p.name for p in tmp_path.iterdir()] \
         == ["landscape.png"]
+
+
+
+def test_a_path_without_a_suffix_gets_matplotlibs_default_one(model_2d, tmp_path):
+    est, X = model_2d
+    plot_landscape_2d(est, X, path=str(tmp_path / "landscape"))
+    assert [p.name for p in tmp_path.iterdir()] == ["landscape.png"]
