@@ -174,6 +174,13 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def report_head(section: str, doc: str, versions: str, targets: list[list[str]]) -> list[str]:
+    """A section report's opening lines: title, the module docstring's body, the code
+    versions and the targets table."""
+    return [f"## {section}", "", doc.split("\n\n", 1)[1].strip(), "", versions, "",
+            "### Targets", "", md_table(["target", "measured", ""], targets), ""]
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

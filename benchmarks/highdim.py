@@ -35,7 +35,14 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import special_ortho_group
 
-from benchmarks.common import fmt, md_table, parallel_map, spread, versions_note
+from benchmarks.common import (
+    fmt,
+    md_table,
+    parallel_map,
+    report_head,
+    spread,
+    versions_note,
+)
 from skdcd import CDEnergyEstimator, DCDEnergyEstimator
 from skdcd.datasets import TOY_NAMES, load_toy
 
@@ -311,9 +318,7 @@ def _versions(result: dict) -> str:
 def report(result: dict, fig_dir: Path) -> str:
     rows = result["rows"]
     settings = result["settings"]
-    lines = [f"## {SECTION}", "", __doc__.split("\n\n", 1)[1].strip(), "",
-             _versions(result), ""]
-    lines += ["### Targets", "", md_table(["target", "measured", ""], targets(result)), ""]
+    lines = report_head(SECTION, __doc__, _versions(result), targets(result))
     methods = [m for m in settings["methods"] if any(r["method"] == m for r in rows)]
     table = []
     for ds in settings["datasets"]:

@@ -36,7 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import fmt, md_table, parallel_map, spread, versions_note
+from benchmarks.common import (
+    fmt,
+    md_table,
+    parallel_map,
+    report_head,
+    spread,
+    versions_note,
+)
 from skdcd import CDEnergyEstimator, DCDEnergyEstimator
 
 SECTION = "realdata"
@@ -209,9 +216,9 @@ def targets(result: dict) -> list[list[str]]:
 def report(result: dict, fig_dir: Path) -> str:
     rows = result["rows"]
     settings = result["settings"]
-    lines = [f"## {SECTION}", "", __doc__.split("\n\n", 1)[1].strip(), "",
-             versions_note("This section", result["meta"].get("commit")), ""]
-    lines += ["### Targets", "", md_table(["target", "measured", ""], targets(result)), ""]
+    lines = report_head(SECTION, __doc__,
+                        versions_note("This section", result["meta"].get("commit")),
+                        targets(result))
     methods = [m for m in settings["methods"] if any(r["method"] == m for r in rows)]
     table = []
     for ds in settings["datasets"]:
