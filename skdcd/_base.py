@@ -34,7 +34,7 @@ from skdcd import partition
 from skdcd._inference import InferenceMixin
 from skdcd._objectives import ContrastiveObjective, WellGuard
 from skdcd._persistence import PersistenceMixin
-from skdcd._utils import fit_device, seeded_generator
+from skdcd._utils import fit_device, seeded_generator, uses_threads
 from skdcd.networks import ACTIVATIONS, ConvEnergy, EnvelopedEnergy, MLPEnergy
 
 # optimisation steps that max_iter="auto" aims for (benchmarks/RESULTS.md)
@@ -79,6 +79,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         "warm_start": ["boolean"],
         "mixed_precision": ["boolean"],
         "compile": ["boolean"],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     def __init__(
@@ -89,7 +90,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         clip_margin=1.0, well_penalty=1.0, standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
-        mixed_precision=False, compile=False,
+        mixed_precision=False, compile=False, n_threads=None,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.image_shape = image_shape
@@ -120,6 +121,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         self.warm_start = warm_start
         self.mixed_precision = mixed_precision
         self.compile = compile
+        self.n_threads = n_threads
 
     # ------------------------------------------------------------------ the four hooks
     @abstractmethod
@@ -163,6 +165,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
+    @uses_threads
     def fit(self, X: ArrayLike, y: None = None) -> BaseEnergyEstimator:
         """Fit the energy network to ``X``.
 
@@ -205,6 +208,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @uses_threads
     def partial_fit(self, X: ArrayLike, y: None = None) -> BaseEnergyEstimator:
         """Train for one epoch on ``X``, keeping the current state.
 

@@ -181,7 +181,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
         well_penalty=1.0, standardize=True, log_partition="auto",
         quadrature_n_grid=512, ais_n_particles=1024, ais_n_steps=256, sample_steps=256,
         sample_step_size=0.01, device="auto", random_state=None, verbose=0, warm_start=False,
-        mixed_precision=False, compile=False,
+        mixed_precision=False, compile=False, n_threads=None,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, image_shape=image_shape,
@@ -196,7 +196,7 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
             ais_n_steps=ais_n_steps, sample_steps=sample_steps,
             sample_step_size=sample_step_size, device=device, random_state=random_state,
             verbose=verbose, warm_start=warm_start, mixed_precision=mixed_precision,
-            compile=compile,
+            compile=compile, n_threads=n_threads,
         )
         self.diffusion = diffusion
         self.noise_std = noise_std

@@ -108,7 +108,13 @@ PARAMS_DOC = """
         float64. Faster on GPUs with bfloat16 (Ampere or newer); usually slower on CPUs.
     compile : bool, default=False
         Train through ``torch.compile`` of the energy. Compiling takes tens of seconds at
-        each call of ``fit`` or ``partial_fit``, so it pays only for long fits on a GPU."""
+        each call of ``fit`` or ``partial_fit``, so it pays only for long fits on a GPU.
+    n_threads : int or None, default=None
+        Threads torch may use in ``fit`` and inference (restored afterwards). ``None``:
+        torch's own setting, which honours ``OMP_NUM_THREADS``, threadpoolctl's limits and
+        joblib's workers, except in a Dask worker's task, where it is at most the cores
+        divided by the worker's threads, so that parallel fits do not oversubscribe the
+        machine (:ref:`scaling`)."""
 
 ATTRIBUTES_DOC = """
     Attributes

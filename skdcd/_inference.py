@@ -25,6 +25,7 @@ from skdcd._utils import (
     generator_from_random_state,
     runtime_device,
     seeded_generator,
+    uses_threads,
 )
 from skdcd.networks import AtNoiseLevel
 
@@ -374,6 +375,7 @@ class InferenceMixin:
     """
 
     @property
+    @uses_threads
     def log_partition_(self) -> float:
         """``log Z`` of ``exp(-energy(x))`` in input units (computed once, then cached)."""
         check_is_fitted(self)
@@ -396,6 +398,7 @@ class InferenceMixin:
         self.log_partition_  # noqa: B018 - computes the cache
         return self._cache["log_z_std"]
 
+    @uses_threads
     def log_partition_diagnostics(self) -> dict:
         """``log Z`` by two independent estimators, with their errors and effective sizes.
 
@@ -445,6 +448,7 @@ class InferenceMixin:
             "difference_std_errs": abs(difference) / combined if combined > 0 else math.inf,
         }
 
+    @uses_threads
     def energy(self, X: ArrayLike) -> np.ndarray:
         """Unnormalised energy ``E(x)`` of each row, so that ``q(x) ∝ exp(-E(x))``.
 
@@ -471,6 +475,7 @@ class InferenceMixin:
         X = self._validate_X(X, reset=False)
         return self._model(runtime_device(self.device)).energies(self._standardize(X))
 
+    @uses_threads
     def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Normalised log-density ``log q(x) = -E(x) - log Z`` of each row, in input units.
 
@@ -530,6 +535,7 @@ class InferenceMixin:
         """
         return float(np.mean(self.score_samples(X)))
 
+    @uses_threads
     def sample(self, n_samples: int = 1,
                random_state: int | np.random.RandomState | None = None) -> np.ndarray:
         """Draw samples from the fitted model.
@@ -573,6 +579,7 @@ class InferenceMixin:
         generator = generator_from_random_state(random_state, device)
         return self._model(device).sample(n_samples, generator) * self.scale_ + self.mean_
 
+    @uses_threads
     def denoise(self, X: ArrayLike, noise_std: float, method: str = "auto",
                 random_state: int | np.random.RandomState | None = None) -> np.ndarray:
         """Estimate clean rows from ``X = clean + noise_std · N(0, I)`` under the model prior.

@@ -1,9 +1,14 @@
-"""Small helpers shared by the estimator modules: seeded generators and chunked loops."""
+"""Small helpers shared by the estimator modules: seeded generators, chunked loops, threads."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import numpy as np
@@ -68,3 +73,84 @@ def runtime_device(device: str | torch.device) -> torch.device:
         warnings.warn(f"device={device!r} is unavailable here; computing on the CPU.",
                       RuntimeWarning, stacklevel=3)
         return torch.device("cpu")
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _dask_worker_threads() -> int | None:
+    """The number of task threads of the Dask worker running this code, else None.
+
+    ``distributed`` is only looked at when something imported it already.
+    """
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        worker = sys.modules["distributed"].get_worker()
+    except ValueError:  # not inside a worker's task
+        return None
+    state = getattr(worker, "state", worker)
+    return int(getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1))
+
+
+def resolve_threads(n_threads: int | None) -> int:
+    """The torch intra-op threads a call may use under the ``n_threads`` parameter.
+
+    An integer is taken as it is. ``None`` keeps torch's current setting, which already
+    honours ``OMP_NUM_THREADS``, threadpoolctl's limits and the limits joblib's loky workers
+    set, except in a Dask worker's task, where it is at most the cores divided by the
+    worker's task threads: a worker with several threads (or a threaded cluster) sets no
+    limit of its own, so each task's torch would use every core.
+    """
+    if n_threads is not None:
+        return int(n_threads)
+    current = torch.get_num_threads()
+    worker_threads = _dask_worker_threads()
+    if worker_threads is None:
+        return current
+    return max(1, min(current, cpu_count() // max(1, worker_threads)))
+
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = [0, 0]  # calls inside thread_budget now, torch's setting before the first
+
+
+@contextlib.contextmanager
+def thread_budget(n_threads: int | None) -> Iterator[int]:
+    """Run the block with torch limited to :func:`resolve_threads` threads.
+
+    torch's setting is process-wide: concurrent calls (the threads of a Dask worker) share
+    it, and the last one to leave restores what was there before the first.
+    """
+    threads = resolve_threads(n_threads)
+    with _THREADS_LOCK:
+        if _THREADS_USERS[0] == 0:
+            _THREADS_USERS[1] = torch.get_num_threads()
+        _THREADS_USERS[0] += 1
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_USERS[0] -= 1
+            if _THREADS_USERS[0] == 0 and torch.get_num_threads() != _THREADS_USERS[1]:
+                torch.set_num_threads(_THREADS_USERS[1])
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def uses_threads(method: F) -> F:
+    """Run an estimator method under :func:`thread_budget` of its ``n_threads`` parameter."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with thread_budget(getattr(self, "n_threads", None)):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
