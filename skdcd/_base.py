@@ -27,6 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
+from skdcd import _data as data
 from skdcd import _envelope as envelope
 from skdcd import _inference as inference
 from skdcd import _training as training
@@ -163,6 +164,16 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         # one memory layout, so that C, Fortran and DataFrame inputs fit bit-identically
         return np.ascontiguousarray(X)
 
+    def _validate_training_X(self, X, *, reset: bool) -> np.ndarray | data.LazyInput:
+        """``X`` for ``fit``: in memory, or lazily read (:mod:`skdcd._data`) and never loaded."""
+        if not data.is_lazy(X):
+            return self._validate_X(X, reset=reset)
+        data.check(X, None if reset else self.n_features_in_)
+        if reset:
+            self.n_features_in_ = int(X.shape[1])
+            self.__dict__.pop("feature_names_in_", None)
+        return data.LazyInput(X)
+
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
     @uses_threads
@@ -194,17 +205,19 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         """
         with _Transaction(self) as before:
             warm = self.warm_start and hasattr(self, "energy_net_")
-            X = self._validate_X(X, reset=not warm)
+            X = self._validate_training_X(X, reset=not warm)
             _check_params(self, X.shape[1])
             if warm:
                 self._resolve(None)
             else:
                 self._start(X)
             n_batches = math.ceil(X.shape[0] / min(self.batch_size, X.shape[0]))
-            n_epochs = (math.ceil(STEPS_PER_FIT / n_batches) if self.max_iter == "auto"
-                        else self.max_iter)
+            n_epochs, max_steps = self.max_iter, None
+            if self.max_iter == "auto":  # about STEPS_PER_FIT steps, a part-epoch if need be
+                n_epochs = math.ceil(STEPS_PER_FIT / n_batches)
+                max_steps = STEPS_PER_FIT if n_batches > STEPS_PER_FIT else None
             self._train(X, n_epochs, cosine=self.lr_schedule == "cosine", cold=not warm,
-                        before=before)
+                        before=before, max_steps=max_steps)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -242,7 +255,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         """
         with _Transaction(self) as before:
             first = not hasattr(self, "energy_net_")
-            X = self._validate_X(X, reset=first)
+            X = self._validate_training_X(X, reset=first)
             _check_params(self, X.shape[1])
             if first:
                 self._start(X)
@@ -251,11 +264,21 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
             self._train(X, 1, cosine=False, cold=first, before=before)
         return self
 
-    def _start(self, X: np.ndarray) -> None:
-        """A cold start: resolve the settings for ``X``, then initialise every fitted state."""
-        mean, scale = _standardization(X, self.standardize, self.image_shape is not None)
+    def _start(self, X: np.ndarray | data.LazyInput) -> None:
+        """A cold start: resolve the settings for ``X``, then initialise every fitted state.
+
+        Lazy data: the standardisation from one streaming pass; the settings that look at
+        the rows from an evenly spaced subsample (:func:`skdcd._data.init_rows`).
+        """
+        image = self.image_shape is not None
+        if isinstance(X, data.LazyInput):
+            mean, scale = data.standardization(X.moments, self.standardize, image)
+            rows = data.init_rows(X.X)
+        else:
+            mean, scale = _standardization(X, self.standardize, image)
+            rows = X
         with np.errstate(over="ignore"):  # rows that overflow are refused by _train
-            Z = (X - mean) / scale
+            Z = (rows - mean) / scale
         self._resolve(Z)  # raises before anything changes
         self._seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self.mean_, self.scale_ = mean, scale
@@ -290,12 +313,19 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         """A fresh energy network of the kind the parameters (and fitted kind) say."""
         return _energy_network(self.get_params(deep=False), n_features, self._time_conditional)
 
-    def _train(self, X: np.ndarray, n_epochs: int, *, cosine: bool, cold: bool,
-               before: _Transaction) -> None:
+    def _train(self, X: np.ndarray | data.LazyInput, n_epochs: int, *, cosine: bool,
+               cold: bool, before: _Transaction, max_steps: int | None = None) -> None:
         device = fit_device(self.device)
-        Z = self._standardize_finite(X)  # before any state changes: nothing is lost
-        self._z_low = np.minimum(self._z_low, Z.min(axis=0))
-        self._z_high = np.maximum(self._z_high, Z.max(axis=0))
+        if isinstance(X, data.LazyInput):  # the box from the streaming pass
+            moments = X.moments
+            z_low, z_high = self._standardize_finite(np.stack([moments.low, moments.high]))
+            rows = data.StandardizedRows(X.X, self.mean_, self.scale_, device)
+        else:
+            Z = self._standardize_finite(X)  # before any state changes: nothing is lost
+            z_low, z_high = Z.min(axis=0), Z.max(axis=0)
+            rows = torch.as_tensor(Z, dtype=torch.float32, device=device)
+        self._z_low = np.minimum(self._z_low, z_low)
+        self._z_high = np.maximum(self._z_high, z_high)
         if self.clip_margin is not None:  # the box widens with what partial_fit sees
             self.energy_net_.set_bounds(self._z_low - self.clip_margin,
                                         self._z_high + self.clip_margin)
@@ -304,16 +334,15 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         settings = training.Settings(
             n_epochs=n_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
             cosine=cosine, max_grad_norm=self.max_grad_norm, compile=self.compile,
-            mixed_precision=self.mixed_precision)
+            mixed_precision=self.mixed_precision, max_steps=max_steps)
         state = training.FitState(self.t_, self.n_iter_, self.loss_curve_,
                                   self._optimizer_state)
         n_iter_before = self.n_iter_
         self._cache.clear()
         try:
             diverged = training.run(
-                self.energy_net_, torch.as_tensor(Z, dtype=torch.float32, device=device),
-                objective, settings, state, generator, name=type(self).__name__,
-                verbose=self.verbose)
+                self.energy_net_, rows, objective, settings, state, generator,
+                name=type(self).__name__, verbose=self.verbose)
         finally:
             self.t_, self.n_iter_ = state.t, state.n_iter
             self._optimizer_state = state.optimizer_state

@@ -19,6 +19,7 @@ import torch
 from skdcd._progress import ProgressBar
 
 if TYPE_CHECKING:
+    from skdcd._data import StandardizedRows
     from skdcd._objectives import ContrastiveObjective
 
 logger = logging.getLogger("skdcd")
@@ -48,6 +49,7 @@ class Settings:
     max_grad_norm: float | None = None
     compile: bool = False
     mixed_precision: bool = False
+    max_steps: int | None = None  # stop after this many steps, within an epoch if need be
 
 
 def learning_rate(settings: Settings, step: int, total_steps: int) -> float:
@@ -57,16 +59,19 @@ def learning_rate(settings: Settings, step: int, total_steps: int) -> float:
     return 0.5 * settings.learning_rate * (1 + math.cos(math.pi * step / total_steps))
 
 
-def run(net: torch.nn.Module, Z: torch.Tensor,
+def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
         objective: ContrastiveObjective,
         settings: Settings, state: FitState, generator: torch.Generator, *,
         name: str = "fit", verbose: int = 0) -> bool:
     """Train ``net`` in place on the rows of ``Z`` (on its device) for ``settings.n_epochs``.
 
-    Each epoch visits the rows in a random order, in minibatches. A non-finite loss or
-    gradient stops the run and rolls the weights, the optimizer, ``state.t`` and the
-    objective's state (:meth:`~skdcd._objectives.ContrastiveObjective.rollback`) back to the
-    start of that epoch. The network ends on the CPU in eval mode either way.
+    Each epoch visits the rows in a random order, in minibatches; with
+    ``settings.max_steps`` the run stops after that many steps, and its last epoch may be
+    incomplete. ``Z`` is a tensor or lazily read rows
+    (:class:`skdcd._data.StandardizedRows`). A non-finite loss or gradient stops the run
+    and rolls the weights, the optimizer, ``state.t`` and the objective's state
+    (:meth:`~skdcd._objectives.ContrastiveObjective.rollback`) back to the start of that
+    epoch. The network ends on the CPU in eval mode either way.
 
     Returns
     -------
@@ -78,6 +83,8 @@ def run(net: torch.nn.Module, Z: torch.Tensor,
     batch_size = min(settings.batch_size, n)
     n_batches = math.ceil(n / batch_size)
     total_steps = settings.n_epochs * n_batches
+    if settings.max_steps is not None:
+        total_steps = min(total_steps, settings.max_steps)
     net.to(device).train()
     # the compiled module shares net's parameters; autocast leaves them in float32
     forward = torch.compile(net) if settings.compile else net
@@ -92,13 +99,17 @@ def run(net: torch.nn.Module, Z: torch.Tensor,
     diverged = False
     try:
         for epoch in range(settings.n_epochs):
+            # the batches of this epoch that the run makes (all but at max_steps)
+            n_run = min(n_batches, total_steps - epoch * n_batches)
+            if n_run <= 0:
+                break
             # the last state known to be finite: divergence rolls back to it
             snapshot = (copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict()),
                         state.t)
             objective.checkpoint()
             epoch_loss = 0.0
             perm = torch.randperm(n, generator=generator, device=device)
-            for b in range(n_batches):
+            for b in range(n_run):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings, epoch * n_batches + b, total_steps)
                 x_pos = Z[perm[b * batch_size:(b + 1) * batch_size]]  # (B, d)
@@ -116,12 +127,14 @@ def run(net: torch.nn.Module, Z: torch.Tensor,
                 epoch_loss += loss_value
                 state.t += 1
                 bar.update(1, f"epoch {state.n_iter + 1}, loss {epoch_loss / (b + 1):.4g}",
-                           force=b == n_batches - 1)
+                           force=b == n_run - 1)
             if diverged:
                 break
-            state.loss_curve.append(epoch_loss / n_batches)
+            state.loss_curve.append(epoch_loss / n_run)
             state.n_iter += 1
             logger.debug("%s epoch %d loss %.5f", name, state.n_iter, state.loss_curve[-1])
+            if n_run < n_batches:  # max_steps reached within this epoch
+                break
     finally:
         bar.close()
         # everything that is pickled stays on the CPU, so a CUDA-fitted model loads anywhere

@@ -56,6 +56,7 @@ True
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from numbers import Integral, Real
@@ -65,7 +66,8 @@ from scipy.special import i0e, logsumexp
 from sklearn.datasets import make_swiss_roll
 from sklearn.utils import check_array, check_random_state
 
-__all__ = ["TOY_NAMES", "ToyDensity", "dequantize", "load_toy", "make_toy"]
+__all__ = ["IMAGE_EXTENSIONS", "TOY_NAMES", "ImageFolder", "ToyDensity", "dequantize",
+           "load_digits_images", "load_image_folder", "load_toy", "make_toy"]
 
 TOY_NAMES: tuple[str, ...] = (
     "eight_gaussians",
@@ -559,7 +561,9 @@ def load_image_folder(
 
     Files with an image extension are read recursively in sorted path order, centre-cropped
     to the output's aspect ratio, resized with antialiasing to ``image_size`` and scaled to
-    [0, 1]. Needs Pillow (``pip install "skdcd[images]"``).
+    [0, 1]. Needs Pillow (``pip install "skdcd[images]"``). For a folder that does not fit
+    in memory, :class:`ImageFolder` reads the same rows on demand, and the estimators fit
+    it without loading it.
 
     Parameters
     ----------
@@ -591,38 +595,120 @@ def load_image_folder(
     >>> X.shape, image_shape, X.dtype
     ((1, 768), (3, 16, 16), dtype('float32'))
     """
-    try:
+    folder = ImageFolder(path, image_size, grayscale=grayscale, max_images=max_images)
+    return folder[:], folder.image_shape
+
+
+class ImageFolder:
+    """The images of a folder as an array of flat rows that are read on demand.
+
+    The rows of :func:`load_image_folder`, decoded only when indexed, so that a folder
+    larger than memory can be fitted: the estimators read it a chunk at a time
+    (:ref:`scaling`). Needs Pillow (``pip install "skdcd[images]"``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A directory, searched recursively for files with an image extension.
+    image_size : int or tuple (H, W), default=32
+        Output size.
+    grayscale : bool, default=False
+        Convert to one grey channel instead of RGB.
+    max_images : int or None, default=None
+        Use at most this many images (the first in sorted path order).
+
+    Attributes
+    ----------
+    files : list of str
+        The image files, one per row, in sorted path order.
+    image_shape : tuple of int
+        ``(C, H, W)``, to pass as the estimators' ``image_shape``.
+    shape : tuple of int
+        ``(n_images, C·H·W)``.
+    dtype : numpy.dtype
+        ``float32``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> folder = tempfile.mkdtemp()
+    >>> for name in "abc":
+    ...     pixels = np.random.RandomState(0).randint(0, 256, (20, 20), dtype=np.uint8)
+    ...     Image.fromarray(pixels).save(os.path.join(folder, name + ".png"))
+    >>> images = ImageFolder(folder, image_size=8, grayscale=True)
+    >>> images.shape, images.image_shape, images[[0, 2]].shape
+    ((3, 64), (1, 8, 8), (2, 64))
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, path: str | os.PathLike, image_size: int | tuple[int, int] = 32, *,
+                 grayscale: bool = False, max_images: int | None = None) -> None:
+        try:
+            from PIL import Image  # noqa: F401 - fail here, not at the first read
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("Reading image folders needs Pillow: "
+                              "pip install 'skdcd[images]'.") from exc
+        if isinstance(image_size, Integral) and not isinstance(image_size, bool):
+            size = (int(image_size), int(image_size))
+        elif (isinstance(image_size, tuple) and len(image_size) == 2
+              and all(isinstance(s, Integral) and not isinstance(s, bool) for s in image_size)):
+            size = (int(image_size[0]), int(image_size[1]))
+        else:
+            raise ValueError(f"image_size must be an int or a tuple (H, W), got {image_size!r}.")
+        if min(size) < 1:
+            raise ValueError(f"image_size must be positive, got {image_size!r}.")
+        if max_images is not None and (not isinstance(max_images, Integral)
+                                       or isinstance(max_images, bool) or max_images < 1):
+            raise ValueError(
+                f"max_images must be None or a positive integer, got {max_images!r}.")
+        root = os.fspath(path)
+        if not os.path.isdir(root):
+            raise ValueError(f"{root!r} is not a directory.")
+        files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
+                       if f.lower().endswith(IMAGE_EXTENSIONS))
+        if max_images is not None:
+            files = files[:max_images]
+        if not files:
+            raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under {root!r}.")
+        self.files = files
+        self.grayscale = grayscale
+        self.size = size
+        self.image_shape = (1 if grayscale else 3, *size)
+        self.shape = (len(files), math.prod(self.image_shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"ImageFolder({len(self)} images of shape {self.image_shape})"
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """The rows ``rows`` (an int, a slice or integer indices), decoded now."""
+        if isinstance(rows, tuple):  # X[rows, columns]
+            return self[rows[0]][(slice(None), *rows[1:])]
+        if isinstance(rows, Integral):
+            return self._read(self.files[rows])
+        picked = (self.files[rows] if isinstance(rows, slice)
+                  else [self.files[i] for i in np.asarray(rows).reshape(-1)])
+        out = np.empty((len(picked), self.shape[1]), dtype=np.float32)
+        for i, file in enumerate(picked):
+            out[i] = self._read(file)
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        X = self[:]
+        return X if dtype is None else X.astype(dtype)
+
+    def _read(self, file: str) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("load_image_folder needs Pillow: pip install 'skdcd[images]'.") \
-            from exc
-    if isinstance(image_size, Integral) and not isinstance(image_size, bool):
-        size = (int(image_size), int(image_size))
-    elif (isinstance(image_size, tuple) and len(image_size) == 2
-          and all(isinstance(s, Integral) and not isinstance(s, bool) for s in image_size)):
-        size = (int(image_size[0]), int(image_size[1]))
-    else:
-        raise ValueError(f"image_size must be an int or a tuple (H, W), got {image_size!r}.")
-    if min(size) < 1:
-        raise ValueError(f"image_size must be positive, got {image_size!r}.")
-    if max_images is not None and (not isinstance(max_images, Integral) or max_images < 1):
-        raise ValueError(f"max_images must be None or a positive integer, got {max_images!r}.")
-    root = os.fspath(path)
-    if not os.path.isdir(root):
-        raise ValueError(f"{root!r} is not a directory.")
-    files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
-    if max_images is not None:
-        files = files[:max_images]
-    if not files:
-        raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under {root!r}.")
-    height, width = size
-    channels = 1 if grayscale else 3
-    X = np.empty((len(files), channels * height * width), dtype=np.float32)
-    for i, file in enumerate(files):
+
+        height, width = self.size
         try:
             with Image.open(file) as image:
-                image = image.convert("L" if grayscale else "RGB")
+                image = image.convert("L" if self.grayscale else "RGB")
                 w, h = image.size  # the largest centred box of the output's aspect ratio
                 crop_w = min(w, round(h * width / height))
                 crop_h = min(h, round(w * height / width))
@@ -632,5 +718,4 @@ def load_image_folder(
                 pixels = np.asarray(image, dtype=np.float32) / 255.0  # (H, W) or (H, W, C)
         except (UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"Cannot read {file!r} as an image: {exc}") from exc
-        X[i] = (pixels[None] if grayscale else pixels.transpose(2, 0, 1)).reshape(-1)
-    return X, (channels, height, width)
+        return (pixels[None] if self.grayscale else pixels.transpose(2, 0, 1)).reshape(-1)
