@@ -28,6 +28,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
 from skdcd import _data as data
+from skdcd import _distributed as distributed
 from skdcd import _envelope as envelope
 from skdcd import _inference as inference
 from skdcd import _training as training
@@ -211,7 +212,9 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
                 self._resolve(None)
             else:
                 self._start(X)
-            n_batches = math.ceil(X.shape[0] / min(self.batch_size, X.shape[0]))
+            # the minibatch of a data-parallel fit is batch_size rows per process
+            batch = min(self.batch_size * distributed.world()[1], X.shape[0])
+            n_batches = math.ceil(X.shape[0] / batch)
             n_epochs, max_steps = self.max_iter, None
             if self.max_iter == "auto":  # about STEPS_PER_FIT steps, a part-epoch if need be
                 n_epochs = math.ceil(STEPS_PER_FIT / n_batches)
@@ -281,6 +284,8 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
             Z = (rows - mean) / scale
         self._resolve(Z)  # raises before anything changes
         self._seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        if distributed.world()[1] > 1:  # random_state=None: one seed for all processes
+            self._seed = distributed.broadcast_int(self._seed)
         self.mean_, self.scale_ = mean, scale
         # torch initialises layers from its global generator: fork it so that the global
         # state is untouched and the weights depend on random_state alone
@@ -324,6 +329,9 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
             Z = self._standardize_finite(X)  # before any state changes: nothing is lost
             z_low, z_high = Z.min(axis=0), Z.max(axis=0)
             rows = torch.as_tensor(Z, dtype=torch.float32, device=device)
+        if distributed.world()[1] > 1:
+            distributed.check_same(np.concatenate([[X.shape[0]], self.mean_, z_low, z_high]),
+                                   "the number of rows or their range")
         self._z_low = np.minimum(self._z_low, z_low)
         self._z_high = np.maximum(self._z_high, z_high)
         if self.clip_margin is not None:  # the box widens with what partial_fit sees

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from skdcd import _distributed as distributed
 from skdcd._progress import ProgressBar
+from skdcd._utils import seeded_generator
 
 if TYPE_CHECKING:
     from skdcd._data import StandardizedRows
@@ -80,7 +82,8 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
     """
     device = Z.device
     n = Z.shape[0]
-    batch_size = min(settings.batch_size, n)
+    rank, size = distributed.world()  # data-parallel inside a process group
+    batch_size = min(settings.batch_size * size, n)  # the global minibatch
     n_batches = math.ceil(n / batch_size)
     total_steps = settings.n_epochs * n_batches
     if settings.max_steps is not None:
@@ -95,7 +98,15 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     if state.optimizer_state is not None:
         optimizer.load_state_dict(state.optimizer_state)
-    bar = ProgressBar(total_steps, f"{name} fit", verbose)
+    noise = generator
+    if size > 1:
+        if n < size:
+            raise ValueError(f"A distributed fit over {size} processes needs at least "
+                             f"{size} rows, got {n}.")
+        distributed.broadcast_parameters(net)  # one start, whatever each rank built
+        # one shuffle for all ranks (generator), negatives from each rank's own stream
+        noise = seeded_generator((generator.initial_seed(), rank), device)
+    bar = ProgressBar(total_steps, f"{name} fit", verbose if rank == 0 else 0)
     diverged = False
     try:
         for epoch in range(settings.n_epochs):
@@ -112,12 +123,22 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
             for b in range(n_run):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings, epoch * n_batches + b, total_steps)
-                x_pos = Z[perm[b * batch_size:(b + 1) * batch_size]]  # (B, d)
+                index = perm[b * batch_size:(b + 1) * batch_size]
+                if size > 1:
+                    index = torch.tensor_split(perm, n_batches)[b]  # no part smaller than size
+                    part = distributed.shard(index, rank, size)
+                    weight = len(part) / len(index)  # the minibatch's mean, summed over ranks
+                    index = part
+                x_pos = Z[index]  # (B, d)
                 with autocast:
-                    loss = objective(forward, x_pos, generator)
-                loss_value = float(loss.detach())
+                    loss = objective(forward, x_pos, noise)
+                if size > 1:
+                    loss = loss * weight
+                    loss_value = float(distributed.all_reduce_sum(loss))
+                else:
+                    loss_value = float(loss.detach())
                 diverged = not (math.isfinite(loss_value) and _step(
-                    net, optimizer, loss, settings.max_grad_norm))
+                    net, optimizer, loss, settings.max_grad_norm, reduce=size > 1))
                 if diverged:
                     net.load_state_dict(snapshot[0])
                     optimizer.load_state_dict(snapshot[1])
@@ -144,10 +165,15 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
 
 
 def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
-          max_grad_norm: float | None) -> bool:
-    """Back-propagate ``loss`` and step, unless the gradient is not finite (then False)."""
+          max_grad_norm: float | None, *, reduce: bool = False) -> bool:
+    """Back-propagate ``loss`` and step, unless the gradient is not finite (then False).
+
+    ``reduce``: sum the gradients over the ranks of the process group first.
+    """
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if reduce:
+        distributed.all_reduce_gradients(net)
     if not math.isfinite(float(_grad_norm(net, max_grad_norm))):
         return False
     optimizer.step()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import math
+import os
 import sys
 import textwrap
 import time
@@ -223,7 +224,48 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 # ---------------------------------------------------------------------- commands
 def _fit(args: argparse.Namespace) -> int:
+    cls = _estimator_class(args.estimator)
+    params = parse_params(args.param, cls)
+    _check_out(args.out)
+    from skdcd import _distributed as distributed
+    from skdcd._utils import fit_device
+
+    cuda = fit_device(params.get("device", "auto")).type == "cuda"
+    if args.nproc > 1:  # data-parallel: one process per shard of each minibatch
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise CLIError("--nproc starts its own processes; under torchrun leave it out")
+        distributed.launch(_fit_process, args.nproc, (args,),
+                           backend="nccl" if cuda and _cuda_count() >= args.nproc
+                           else "gloo")
+        return 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of torchrun's processes
+        import torch
+        import torch.distributed as dist
+
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=distributed.TIMEOUT)
+        try:
+            _fit_process(args)
+        finally:
+            dist.destroy_process_group()
+        return 0
+    _fit_process(args)
+    return 0
+
+
+def _cuda_count() -> int:
+    """The number of CUDA devices here."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _fit_process(args: argparse.Namespace) -> None:
+    """Fit and, on rank 0 of a distributed fit (or alone), save and report."""
     import joblib
+
+    from skdcd._distributed import world
 
     cls = _estimator_class(args.estimator)
     params = parse_params(args.param, cls)
@@ -236,6 +278,9 @@ def _fit(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     est.fit(X)
     fit_time = time.perf_counter() - start
+    rank, size = world()
+    if rank != 0:  # every process holds the same model: rank 0 writes it
+        return
     log_z = est.log_partition_  # computed once here (AIS can be slow), saved with the model
     est.set_params(verbose=saved_verbose)
     if out.suffix.lower() == ".pt":  # weights and JSON only; save() is atomic itself
@@ -246,11 +291,11 @@ def _fit(args: argparse.Namespace) -> int:
         _write_atomic(out, lambda f: joblib.dump(est, f))
     loss = f", final loss {est.loss_curve_[-1]:.4g}" if est.loss_curve_ else ""
     std = f" ± {est.log_partition_std_:.2g}" if est.log_partition_std_ else ""
+    procs = f" over {size} processes" if size > 1 else ""
     print(f"fitted {cls.__name__} on {X.shape[0]} rows x {X.shape[1]} features in "
-          f"{fit_time:.1f} s ({est.n_iter_} epochs, {est.t_} steps{loss}); "
-          f"log Z = {log_z:.4f}{std}")
-    print(f"wrote {out}")
-    return 0
+          f"{fit_time:.1f} s{procs} ({est.n_iter_} epochs, {est.t_} steps{loss}); "
+          f"log Z = {log_z:.4f}{std}", flush=True)
+    print(f"wrote {out}", flush=True)
 
 
 def _load_for_command(args: argparse.Namespace) -> Any:
@@ -449,6 +494,8 @@ def _fit_parser(sub, raw: type[argparse.HelpFormatter]) -> None:
                "--out m.joblib\n"
                "  skdcd fit data.csv --param diffusion=vp --param 'noise_std=(0.05,0.5)' "
                "--out m.joblib\n"
+               "  skdcd fit data.npy --nproc 2 --out m.joblib      # two processes\n"
+               "  torchrun --nproc-per-node 4 -m skdcd fit data.npy --out m.pt  # four GPUs\n"
                "parameter names are the estimator's (see `help(skdcd.DCDEnergyEstimator)`); "
                "values are\nPython literals or plain strings.")
     fit.add_argument("data", metavar="DATA", help=DATA_HELP)
@@ -461,6 +508,10 @@ def _fit_parser(sub, raw: type[argparse.HelpFormatter]) -> None:
     fit.add_argument("--out", required=True, metavar="MODEL",
                      help="where to write the fitted model: model.joblib (a pickle), or "
                           "model.pt (weights and JSON only, safe to share)")
+    fit.add_argument("--nproc", type=_positive(int), default=1, metavar="N",
+                     help="fit data-parallel in N processes, each taking a shard of every "
+                          "minibatch of batch_size x N rows (Gloo on the CPU, NCCL with a "
+                          "GPU per process); under torchrun leave it out (default 1)")
     _add_verbose(fit, "training and AIS (the model is saved with the verbose of --param, "
                       "default 0)")
     fit.set_defaults(func=_fit)
