@@ -11,7 +11,8 @@ of a CUDA machine (NCCL), to record when one is lent.
   ``n_threads=None`` (the thread budget) and with ``n_threads=2`` (what each fit would use
   without it). Wall-clock times exclude starting the cluster; best parameters and mean
   test scores are compared with ``n_jobs=1``'s. The torch threads seen inside each kind of
-  worker are measured by a task.
+  worker are measured by a task, and one fit of the search's model run alone in a worker
+  (median of 2) gives each backend's cost per fit apart from the parallelism.
 * **One fit over processes.** The 8×8 digits image model (time-conditional DCD, the default
   convolutional energy) fitted for a fixed number of steps in 1 process with
   ``batch_size=256`` and in 2 Gloo processes with ``batch_size=128`` each (the same
@@ -53,6 +54,13 @@ def _probe() -> dict:
                 budget=resolve_threads(None))
 
 
+def _timed_fit(X: np.ndarray, steps: int) -> float:
+    """Seconds of one fit of the search's model (200 steps) where the task runs."""
+    start = time.perf_counter()
+    DCDEnergyEstimator(max_iter=max(1, steps * 256 // len(X)), random_state=0).fit(X)
+    return time.perf_counter() - start
+
+
 def _search(X: np.ndarray, steps: int, n_grid: int, n_jobs: int,
             n_threads: int | None = None) -> tuple[float, dict]:
     n_epochs = max(1, steps * 256 // len(X))
@@ -76,11 +84,15 @@ def search_rows(quick: bool) -> list[dict]:
         rows.append(dict(kind="search", backend=backend, seconds=seconds, probe=probe,
                          best_params=out["best_params"], scores=out["scores"], **extra))
 
+    def one_fit(n_jobs=2):  # one fit at a time, in a worker of the current backend
+        return float(np.median([joblib.Parallel(n_jobs=n_jobs)(
+            [joblib.delayed(_timed_fit)(X, steps)])[0] for _ in range(2)]))
+
     seconds, out = _search(X, steps, n_grid, 1)
-    row("serial (n_jobs=1)", seconds, out, _probe())
+    row("serial (n_jobs=1)", seconds, out, _probe(), one_fit_seconds=one_fit(1))
     seconds, out = _search(X, steps, n_grid, 2)
     probe = joblib.Parallel(n_jobs=2)(joblib.delayed(_probe)() for _ in range(2))[0]
-    row("loky (n_jobs=2)", seconds, out, probe)
+    row("loky (n_jobs=2)", seconds, out, probe, one_fit_seconds=one_fit())
     # the threaded cluster first: a nanny sets OMP_NUM_THREADS=1 in this process's own
     # environment too, and it stays set after the cluster closes
     for processes, threads in ((False, 2), (True, 1)):
@@ -93,10 +105,11 @@ def search_rows(quick: bool) -> list[dict]:
             for n_threads in ((None,) if processes else (None, 2)):
                 with joblib.parallel_backend("dask"):
                     seconds, out = _search(X, steps, n_grid, -1, n_threads)
+                    single = one_fit(-1) if n_threads is None else None
                 name = ("dask, 2 worker processes × 1 thread" if processes else
                         "dask, threaded (1 worker × 2 threads)")
                 row(name, seconds, out, probe, cluster_start_seconds=started,
-                    n_threads=n_threads)
+                    n_threads=n_threads, one_fit_seconds=single)
     return rows
 
 
@@ -201,6 +214,7 @@ def report(result: dict, fig_dir: Path) -> str:
     table = [[r["backend"] + ("" if r.get("n_threads") is None else
                               f" (n_threads={r['n_threads']})"),
               f"{r['seconds']:.1f}", f"{serial / r['seconds']:.2f}×",
+              "—" if r.get("one_fit_seconds") is None else f"{r['one_fit_seconds']:.1f}",
               f"{r.get('cluster_start_seconds', 0):.1f}",
               f"{r['probe']['omp']}", f"{r['probe']['torch']}", f"{r['probe']['budget']}"]
              for r in search]
@@ -220,7 +234,8 @@ def report(result: dict, fig_dir: Path) -> str:
     return "\n".join([
         *head,
         f"### Search ({result['settings']['cpu_count']} cores)", "",
-        md_table(["backend", "seconds", "speed-up over n_jobs=1", "cluster start s",
+        md_table(["backend", "seconds", "speed-up over n_jobs=1",
+                  "one fit alone in a worker, s", "cluster start s",
                   "OMP_NUM_THREADS in a task", "torch threads in a task",
                   "estimators' budget in a task"], table), "",
         "### One fit over processes (8×8 digits, time-conditional DCD)", "",

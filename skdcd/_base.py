@@ -36,7 +36,7 @@ from skdcd import partition
 from skdcd._inference import InferenceMixin
 from skdcd._objectives import ContrastiveObjective, WellGuard
 from skdcd._persistence import PersistenceMixin
-from skdcd._utils import fit_device, seeded_generator, uses_threads
+from skdcd._utils import fit_device, global_rng, seeded_generator, uses_threads
 from skdcd.networks import ACTIVATIONS, ConvEnergy, EnvelopedEnergy, MLPEnergy
 
 # optimisation steps that max_iter="auto" aims for (benchmarks/RESULTS.md)
@@ -287,10 +287,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         if distributed.world()[1] > 1:  # random_state=None: one seed for all processes
             self._seed = distributed.broadcast_int(self._seed)
         self.mean_, self.scale_ = mean, scale
-        # torch initialises layers from its global generator: fork it so that the global
-        # state is untouched and the weights depend on random_state alone
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._seed)
+        with global_rng(self._seed):  # the weights depend on random_state alone
             self.energy_net_ = self._build_energy_net(X.shape[1])
         self._optimizer_state = None
         self._z_low, self._z_high = np.full(X.shape[1], np.inf), np.full(X.shape[1], -np.inf)

@@ -29,7 +29,9 @@ PARAMS_DOC = """
     batch_size : int, default=256
         Minibatch size (capped at the number of samples).
     max_iter : int or "auto", default="auto"
-        Number of epochs. ``"auto"`` picks enough epochs for about 2,000 steps.
+        Number of epochs (passes over the data). ``"auto"``: about 2,000 steps whatever the
+        size of the data, i.e. enough whole epochs, or, beyond 2,000 minibatches per
+        epoch, 2,000 steps of one epoch; ask for more with an integer (:ref:`scaling`).
     energy_reg : {energy_reg}
         Weight ``λ`` of the penalty ``λ (E(x_pos)² + E(x_neg)²)`` that keeps energies
         bounded; without it training can diverge. A time-conditional DCD model divides it by
@@ -130,7 +132,7 @@ ATTRIBUTES_DOC = """
     loss_curve_ : list of float
         Mean training loss per epoch.
     n_iter_ : int
-        Number of epochs run.
+        Number of epochs run (the last may be part of one, with ``max_iter="auto"``).
     t_ : int
         Number of optimisation steps run.
     log_partition_ : float

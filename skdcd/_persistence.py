@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from skdcd import __version__
 from skdcd._io import write_atomic
+from skdcd._utils import global_rng
 
 WEIGHTS_FORMAT = "skdcd-weights"
 # 2: the envelope's buffers have an axis of mixture components; 3: MLPEnergy's input_gain
@@ -248,8 +249,8 @@ def _network(est, n_features: int, weights) -> torch.nn.Module:
         if key.startswith("net.") and value.is_floating_point() and not bool(
                 torch.isfinite(value).all()):
             raise ValueError(f"energy_net: {key} is not finite.")
-    # fork: the network's initialisation must not move torch's global generator
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+    # the network's initialisation must not move torch's global generator
+    with global_rng(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*meta parameter", category=UserWarning)
         if est.energy_net is None:  # sizes from the file's parameters: check them first
             with torch.device("meta"):  # sizes and names only, nothing allocated

@@ -26,6 +26,23 @@ def seeded_generator(entropy: tuple[int, ...], device: torch.device) -> torch.Ge
     return generator
 
 
+_GLOBAL_RNG_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def global_rng(seed: int | None = None) -> Iterator[None]:
+    """Run the block on a fork of torch's global generator (seeded if ``seed`` is given).
+
+    torch initialises layers from its global generator. Forking leaves the caller's global
+    state untouched, and the lock keeps fits in concurrent threads (a threaded Dask worker)
+    from seeding the one global generator in between each other's draws.
+    """
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
 def generator_from_random_state(random_state, device: torch.device) -> torch.Generator:
     """A torch generator seeded from a scikit-learn ``random_state`` (None, int, RandomState)."""
     rng = check_random_state(random_state)

@@ -19,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skdcd import CDEnergyEstimator, DCDEnergyEstimator
+from skdcd.datasets import make_toy
 from tests.conftest import FAST, gaussian_model
 
 ESTIMATORS = [DCDEnergyEstimator, CDEnergyEstimator]
@@ -136,6 +137,7 @@ def test_refit_with_the_same_random_state_is_bit_identical(est_cls, blobs):
 _DETERMINISM_SCRIPT = """
 import hashlib, numpy as np
 from skdcd import CDEnergyEstimator, DCDEnergyEstimator
+from skdcd.datasets import make_toy
 X = np.random.RandomState(0).randn(300, 2)
 for cls in (DCDEnergyEstimator, CDEnergyEstimator):
     est = cls(max_iter=3, hidden_layer_sizes=(16, 16), quadrature_n_grid=64, sample_steps=16,
@@ -866,3 +868,26 @@ def test_a_time_conditional_energy_takes_the_isotropic_envelope_with_none(blobs)
     assert est.energy_net_.directions.numel() == 0
     auto = DCDEnergyEstimator(**FAST, time_conditional=True, recovery_steps=2).fit(blobs)
     assert auto.energy_net_.directions.numel() > 0  # "auto": the mixture
+
+
+def test_fits_in_concurrent_threads_match_serial_fits():
+    # regression: the network was seeded on torch's one global generator, so fits running in
+    # threads at once (a threaded Dask worker) could draw each other's initial weights
+    import threading
+
+    X = make_toy("two_moons", 64, random_state=0)
+    kwargs = dict(hidden_layer_sizes=(256, 256, 256, 256), max_iter=1, batch_size=64)
+    serial = [DCDEnergyEstimator(random_state=s, **kwargs).fit(X).energy(X) for s in range(6)]
+    for _ in range(3):
+        threaded = [None] * 6
+
+        def fit(seed, out=threaded):
+            out[seed] = DCDEnergyEstimator(random_state=seed, **kwargs).fit(X).energy(X)
+
+        threads = [threading.Thread(target=fit, args=(s,)) for s in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for a, b in zip(serial, threaded, strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -68,10 +68,11 @@ def test_a_two_process_step_is_the_step_of_the_whole_minibatch(tmp_path):
     np.testing.assert_allclose(two[0]["loss"], one["loss"], rtol=1e-5)
 
 
-def _fit(cls_name: str, batch_size: int, out: str, X: np.ndarray) -> None:
+def _fit(cls_name: str, batch_size: int, out: str, X: np.ndarray, max_iter: int = 20,
+         random_state: int | None = None) -> None:
     cls = {"dcd": DCDEnergyEstimator, "cd": CDEnergyEstimator}[cls_name]
-    est = cls(hidden_layer_sizes=(32, 32), batch_size=batch_size, max_iter=20,
-              random_state=None).fit(X)
+    est = cls(hidden_layer_sizes=(32, 32), batch_size=batch_size, max_iter=max_iter,
+              random_state=random_state).fit(X)
     rank, _ = distributed.world()
     joblib.dump(est, os.path.join(out, f"rank{rank}.joblib"))
 
@@ -95,6 +96,18 @@ def test_a_two_process_fit_matches_one_process_with_twice_the_batch(tmp_path, cl
     spread = max(scores) - min(scores)
     assert abs(two.score(test) - np.mean(scores)) < max(3 * spread, 0.05), (
         two.score(test), scores)
+
+
+@pytest.mark.parametrize("cls_name", ["dcd", "cd"])
+def test_a_fixed_random_state_gives_the_same_distributed_model(tmp_path, cls_name):
+    X = make_toy("two_moons", 256, random_state=0)
+    models = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        distributed.launch(_fit, 2, (cls_name, 32, str(tmp_path / run), X, 2, 0),
+                           backend="gloo")
+        models.append(joblib.load(tmp_path / run / "rank0.joblib"))
+    np.testing.assert_array_equal(models[0].energy(X), models[1].energy(X))
 
 
 def _fail_on_rank_one(out: str) -> None:
@@ -152,3 +165,22 @@ def test_the_cli_fits_over_two_processes_and_writes_one_model(tmp_path, capsys):
     est = DCDEnergyEstimator.load(model)
     assert (est.t_, est.n_iter_) == (8, 2)  # 4 minibatches of 2 x 32 rows per epoch
     assert np.isfinite(est.score(make_toy("eight_gaussians", 100, random_state=1)))
+
+
+def test_torchrun_fits_through_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    data, model = tmp_path / "X.npy", tmp_path / "m.pt"
+    np.save(data, make_toy("eight_gaussians", 256, random_state=0))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "skdcd", "fit", str(data), "--out", str(model), "--verbose", "0",
+         "--param", "max_iter=2", "--param", "hidden_layer_sizes=(16,)",
+         "--param", "batch_size=32", "--param", "random_state=0", "--param", "device='cpu'"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote") == 1 and "over 2 processes" in done.stdout
+    est = DCDEnergyEstimator.load(model)
+    assert (est.t_, est.n_iter_) == (8, 2)
