@@ -9,10 +9,12 @@ of a CUDA machine (NCCL), to record when one is lent.
   (``n_jobs=2``), on a local Dask cluster of 2 worker processes with 1 thread each, and on
   a threaded Dask cluster (1 worker, 2 threads, ``processes=False``) with the default
   ``n_threads=None`` (the thread budget) and with ``n_threads=2`` (what each fit would use
-  without it). Wall-clock times exclude starting the cluster; best parameters and mean
-  test scores are compared with ``n_jobs=1``'s. The torch threads seen inside each kind of
-  worker are measured by a task, and one fit of the search's model run alone in a worker
-  (median of 2) gives each backend's cost per fit apart from the parallelism.
+  without it), and on the process cluster again with the nanny's
+  ``MALLOC_TRIM_THRESHOLD_`` left out of the workers' environment. Wall-clock times
+  exclude starting the cluster; best parameters and mean test scores are compared with
+  ``n_jobs=1``'s. The torch threads seen inside each kind of worker are measured by a
+  task, and one fit of the search's model run alone in a worker (median of 2) gives each
+  backend's cost per fit apart from the parallelism.
 * **One fit over processes.** The 8×8 digits image model (time-conditional DCD, the default
   convolutional energy) fitted for a fixed number of steps in 1 process with
   ``batch_size=256`` and in 2 Gloo processes with ``batch_size=128`` each (the same
@@ -74,6 +76,7 @@ def _search(X: np.ndarray, steps: int, n_grid: int, n_jobs: int,
 
 
 def search_rows(quick: bool) -> list[dict]:
+    import dask
     from distributed import Client, LocalCluster
 
     steps, n_grid = (20, 64) if quick else (200, 512)
@@ -95,9 +98,13 @@ def search_rows(quick: bool) -> list[dict]:
     row("loky (n_jobs=2)", seconds, out, probe, one_fit_seconds=one_fit())
     # the threaded cluster first: a nanny sets OMP_NUM_THREADS=1 in this process's own
     # environment too, and it stays set after the cluster closes
-    for processes, threads in ((False, 2), (True, 1)):
+    # (likewise MALLOC_TRIM_THRESHOLD_, so the cluster without it comes before the default)
+    lean = {"distributed.nanny.pre-spawn-environ": {
+        "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}}
+    for processes, threads, config in ((False, 2, {}), (True, 1, lean), (True, 1, {})):
         start = time.perf_counter()
-        with (LocalCluster(n_workers=2 if processes else 1, threads_per_worker=threads,
+        with (dask.config.set(config),
+              LocalCluster(n_workers=2 if processes else 1, threads_per_worker=threads,
                            processes=processes, dashboard_address=None) as cluster,
               Client(cluster) as client):
             started = time.perf_counter() - start
@@ -108,6 +115,8 @@ def search_rows(quick: bool) -> list[dict]:
                     single = one_fit(-1) if n_threads is None else None
                 name = ("dask, 2 worker processes × 1 thread" if processes else
                         "dask, threaded (1 worker × 2 threads)")
+                if config:
+                    name += ", no MALLOC_TRIM_THRESHOLD_"
                 row(name, seconds, out, probe, cluster_start_seconds=started,
                     n_threads=n_threads, one_fit_seconds=single)
     return rows

@@ -120,12 +120,14 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
             objective.checkpoint()
             epoch_loss = 0.0
             perm = torch.randperm(n, generator=generator, device=device)
+            # data-parallel: minibatches of near-equal size, none smaller than the world
+            batches = torch.tensor_split(perm, n_batches) if size > 1 else None
             for b in range(n_run):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings, epoch * n_batches + b, total_steps)
                 index = perm[b * batch_size:(b + 1) * batch_size]
                 if size > 1:
-                    index = torch.tensor_split(perm, n_batches)[b]  # no part smaller than size
+                    index = batches[b]
                     part = distributed.shard(index, rank, size)
                     weight = len(part) / len(index)  # the minibatch's mean, summed over ranks
                     index = part
