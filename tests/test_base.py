@@ -621,9 +621,9 @@ def test_divergence_in_a_later_epoch_restores_that_epochs_replay_buffer(blobs, m
     one = CDEnergyEstimator(**{**kw, "max_iter": 1}).fit(blobs)  # 4 steps
     step, calls = _training._step, []
 
-    def fail_at_the_sixth(*args):
+    def fail_at_the_sixth(*args, **kwargs):
         calls.append(1)
-        return False if len(calls) == 6 else step(*args)
+        return False if len(calls) == 6 else step(*args, **kwargs)
 
     monkeypatch.setattr(_training, "_step", fail_at_the_sixth)
     with pytest.warns(ConvergenceWarning, match="epoch 2"):
