@@ -213,8 +213,9 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
             else:
                 self._start(X)
             # the minibatch of a data-parallel fit is batch_size rows per process
-            batch = min(self.batch_size * distributed.world()[1], X.shape[0])
-            n_batches = math.ceil(X.shape[0] / batch)
+            world = distributed.world()[1]
+            batch = min(self.batch_size * world, X.shape[0])
+            n_batches = min(math.ceil(X.shape[0] / batch), max(1, X.shape[0] // world))
             n_epochs, max_steps = self.max_iter, None
             if self.max_iter == "auto":  # about STEPS_PER_FIT steps, a part-epoch if need be
                 n_epochs = math.ceil(STEPS_PER_FIT / n_batches)
@@ -326,9 +327,11 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
             Z = self._standardize_finite(X)  # before any state changes: nothing is lost
             z_low, z_high = Z.min(axis=0), Z.max(axis=0)
             rows = torch.as_tensor(Z, dtype=torch.float32, device=device)
-        if distributed.world()[1] > 1:
-            distributed.check_same(np.concatenate([[X.shape[0]], self.mean_, z_low, z_high]),
-                                   "the number of rows or their range")
+        if distributed.world()[1] > 1:  # what fixes the shuffle and the steps, too
+            distributed.check_same(np.concatenate([
+                [X.shape[0], self._seed, self.t_, n_epochs, max_steps or 0, self.batch_size],
+                self.mean_, z_low, z_high]),
+                "the rows, their range, the seed, the step count or the batch size")
         self._z_low = np.minimum(self._z_low, z_low)
         self._z_high = np.maximum(self._z_high, z_high)
         if self.clip_margin is not None:  # the box widens with what partial_fit sees

@@ -10,6 +10,7 @@ reads its rows by a sorted index array (:class:`StandardizedRows`).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,9 @@ def is_lazy(X: object) -> bool:
 def check(X: object, n_features: int | None) -> None:
     """Check a lazy input's shape and dtype (``n_features``: what the model expects)."""
     shape = tuple(X.shape)
+    if not all(isinstance(n, numbers.Integral) for n in shape):  # e.g. dask's unknown chunks
+        raise ValueError(f"X must have a known shape, got {shape}; for a dask array call "
+                         "compute_chunk_sizes() first.")
     if len(shape) != 2:
         raise ValueError(f"Expected a 2D array, got an array-like of shape {shape}.")
     if shape[0] < 1 or shape[1] < 1:

@@ -68,8 +68,8 @@ def check_same(values: np.ndarray, what: str) -> None:
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if not torch.equal(low, high):
-        raise ValueError(f"The processes of a distributed fit must pass the same X; {what} "
-                         "differs between them.")
+        raise ValueError(f"The processes of a distributed fit must pass the same X and "
+                         f"settings; {what} differ between them.")
 
 
 def shard(index: torch.Tensor, rank: int, size: int) -> torch.Tensor:

@@ -27,7 +27,8 @@ PARAMS_DOC = """
     lr_schedule : {"cosine", "constant"}, default="cosine"
         Cosine decay to zero over one call of ``fit``, or constant.
     batch_size : int, default=256
-        Minibatch size (capped at the number of samples).
+        Minibatch size (capped at the number of samples); per process in a data-parallel
+        fit (:ref:`distributed`).
     max_iter : int or "auto", default="auto"
         Number of epochs (passes over the data). ``"auto"``: about 2,000 steps whatever the
         size of the data, i.e. enough whole epochs, or, beyond 2,000 minibatches per

@@ -84,7 +84,8 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
     n = Z.shape[0]
     rank, size = distributed.world()  # data-parallel inside a process group
     batch_size = min(settings.batch_size * size, n)  # the global minibatch
-    n_batches = math.ceil(n / batch_size)
+    # data-parallel: at most n // size minibatches, so that no process's part is empty
+    n_batches = min(math.ceil(n / batch_size), max(1, n // size))
     total_steps = settings.n_epochs * n_batches
     if settings.max_steps is not None:
         total_steps = min(total_steps, settings.max_steps)

@@ -132,31 +132,23 @@ def resolve_threads(n_threads: int | None) -> int:
     return max(1, min(current, cpu_count() // max(1, worker_threads)))
 
 
-_THREADS_LOCK = threading.Lock()
-_THREADS_USERS = [0, 0]  # calls inside thread_budget now, torch's setting before the first
-
-
 @contextlib.contextmanager
 def thread_budget(n_threads: int | None) -> Iterator[int]:
     """Run the block with torch limited to :func:`resolve_threads` threads.
 
-    torch's setting is process-wide: concurrent calls (the threads of a Dask worker) share
-    it, and the last one to leave restores what was there before the first.
+    torch's OpenMP setting belongs to the calling thread (threads started later inherit the
+    last one set), so each call restores its own thread's value on the way out, and
+    concurrent fits in a threaded Dask worker do not undo each other's limits.
     """
     threads = resolve_threads(n_threads)
-    with _THREADS_LOCK:
-        if _THREADS_USERS[0] == 0:
-            _THREADS_USERS[1] = torch.get_num_threads()
-        _THREADS_USERS[0] += 1
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
     try:
         yield threads
     finally:
-        with _THREADS_LOCK:
-            _THREADS_USERS[0] -= 1
-            if _THREADS_USERS[0] == 0 and torch.get_num_threads() != _THREADS_USERS[1]:
-                torch.set_num_threads(_THREADS_USERS[1])
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 F = TypeVar("F", bound=Callable)
