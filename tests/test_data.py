@@ -153,3 +153,10 @@ def test_an_image_folder_is_read_on_demand_and_fits_as_loaded(tmp_path):
     eager = DCDEnergyEstimator(**kwargs).fit(X)
     np.testing.assert_allclose(lazy.mean_, eager.mean_, rtol=1e-12)
     np.testing.assert_allclose(lazy.energy(X), eager.energy(X), rtol=1e-5)
+
+
+def test_a_lazy_input_of_unknown_shape_is_refused_clearly():
+    dataset = Dataset(np.zeros((4, 2)))
+    dataset.shape = (float("nan"), 2)  # a dask array with unknown chunk sizes
+    with pytest.raises(ValueError, match="known shape"):
+        DCDEnergyEstimator(hidden_layer_sizes=(8,), max_iter=1).fit(dataset)

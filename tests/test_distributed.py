@@ -184,3 +184,34 @@ def test_torchrun_fits_through_the_cli(tmp_path):
     assert done.stdout.count("wrote") == 1 and "over 2 processes" in done.stdout
     est = DCDEnergyEstimator.load(model)
     assert (est.t_, est.n_iter_) == (8, 2)
+
+
+def _fit_tiny(out: str, batch_size: int) -> None:
+    rank, _ = distributed.world()
+    X = make_toy("two_moons", 3, random_state=0)
+    est = DCDEnergyEstimator(hidden_layer_sizes=(8,), batch_size=batch_size, max_iter=2,
+                             random_state=0).fit(X)
+    joblib.dump(est.t_, os.path.join(out, f"rank{rank}.joblib"))
+
+
+def test_no_process_gets_an_empty_part_of_a_minibatch(tmp_path):
+    # regression: 3 rows, batch_size=1 over 2 processes split into minibatches of 2 and 1
+    # rows, and the second left process 1 nothing (a NaN loss, or a hang)
+    distributed.launch(_fit_tiny, 2, (str(tmp_path), 1), backend="gloo")
+    assert joblib.load(tmp_path / "rank0.joblib") == 2  # one minibatch of 3 rows per epoch
+
+
+def _fit_own_batch_size(out: str) -> None:
+    rank, _ = distributed.world()
+    X = make_toy("two_moons", 100, random_state=0)
+    try:
+        DCDEnergyEstimator(hidden_layer_sizes=(8,), batch_size=16 + rank, max_iter=1,
+                           random_state=0).fit(X)
+    except ValueError as exc:
+        open(os.path.join(out, f"rank{rank}.txt"), "w").write(str(exc))
+
+
+def test_processes_with_different_settings_are_refused(tmp_path):
+    distributed.launch(_fit_own_batch_size, 2, (str(tmp_path),), backend="gloo")
+    for r in range(2):
+        assert "batch size" in (tmp_path / f"rank{r}.txt").read_text()

@@ -52,3 +52,19 @@ def test_concurrent_budgets_restore_the_setting_of_before_the_first():
 def test_resolve_threads_outside_workers_keeps_torchs_setting():
     assert resolve_threads(None) == torch.get_num_threads()
     assert resolve_threads(3) == 3
+
+
+def test_a_worker_threads_own_setting_is_restored():
+    # torch's OpenMP setting is per thread: a thread's limit must not outlive its call
+    seen = []
+
+    def call():
+        before = torch.get_num_threads()
+        with thread_budget(1):
+            pass
+        seen.append(torch.get_num_threads() == before)
+
+    t = threading.Thread(target=call)
+    t.start()
+    t.join()
+    assert seen == [True]
