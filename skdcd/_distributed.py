@@ -72,9 +72,34 @@ def check_same(values: np.ndarray, what: str) -> None:
                          f"settings; {what} differ between them.")
 
 
-def shard(index: torch.Tensor, rank: int, size: int) -> torch.Tensor:
-    """The rows of a minibatch that rank ``rank`` takes (parts differ in size by one at most)."""
-    return torch.tensor_split(index, size)[rank]
+def start(net: torch.nn.Module, n: int, generator: torch.Generator) -> torch.Generator:
+    """Start a data-parallel run on ``n`` rows: rank 0's weights everywhere.
+
+    Returns this rank's generator for negatives; ``generator`` (the shuffle) stays shared.
+    """
+    from skdcd._utils import seeded_generator
+
+    rank, size = world()
+    if n < size:
+        raise ValueError(f"A distributed fit over {size} processes needs at least {size} "
+                         f"rows, got {n}.")
+    broadcast_parameters(net)  # one start, whatever each rank built
+    return seeded_generator((generator.initial_seed(), rank), generator.device)
+
+
+def parts(perm: torch.Tensor, n_batches: int) -> list[tuple[torch.Tensor, float]]:
+    """The rows of each minibatch of an epoch's shuffle ``perm`` that this rank takes, weighted.
+
+    Minibatches of near-equal size, split into near-equal parts (none empty while
+    ``n_batches <= len(perm) // world_size``); the weight, a part's share of its minibatch,
+    makes the ranks' weighted losses sum to the minibatch's mean.
+    """
+    rank, size = world()
+    out = []
+    for batch in torch.tensor_split(perm, n_batches):
+        part = torch.tensor_split(batch, size)[rank]
+        out.append((part, len(part) / len(batch)))
+    return out
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:

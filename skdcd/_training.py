@@ -18,7 +18,6 @@ import torch
 
 from skdcd import _distributed as distributed
 from skdcd._progress import ProgressBar
-from skdcd._utils import seeded_generator
 
 if TYPE_CHECKING:
     from skdcd._data import StandardizedRows
@@ -99,14 +98,7 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     if state.optimizer_state is not None:
         optimizer.load_state_dict(state.optimizer_state)
-    noise = generator
-    if size > 1:
-        if n < size:
-            raise ValueError(f"A distributed fit over {size} processes needs at least "
-                             f"{size} rows, got {n}.")
-        distributed.broadcast_parameters(net)  # one start, whatever each rank built
-        # one shuffle for all ranks (generator), negatives from each rank's own stream
-        noise = seeded_generator((generator.initial_seed(), rank), device)
+    noise = distributed.start(net, n, generator) if size > 1 else generator
     bar = ProgressBar(total_steps, f"{name} fit", verbose if rank == 0 else 0)
     diverged = False
     try:
@@ -121,21 +113,15 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
             objective.checkpoint()
             epoch_loss = 0.0
             perm = torch.randperm(n, generator=generator, device=device)
-            # data-parallel: minibatches of near-equal size, none smaller than the world
-            batches = torch.tensor_split(perm, n_batches) if size > 1 else None
+            parts = (distributed.parts(perm, n_batches) if size > 1 else
+                     [(perm[b * batch_size:(b + 1) * batch_size], None) for b in range(n_run)])
             for b in range(n_run):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings, epoch * n_batches + b, total_steps)
-                index = perm[b * batch_size:(b + 1) * batch_size]
-                if size > 1:
-                    index = batches[b]
-                    part = distributed.shard(index, rank, size)
-                    weight = len(part) / len(index)  # the minibatch's mean, summed over ranks
-                    index = part
-                x_pos = Z[index]  # (B, d)
+                index, weight = parts[b]
                 with autocast:
-                    loss = objective(forward, x_pos, noise)
-                if size > 1:
+                    loss = objective(forward, Z[index], noise)
+                if weight is not None:  # this rank's share of the minibatch's mean
                     loss = loss * weight
                     loss_value = float(distributed.all_reduce_sum(loss))
                 else:
