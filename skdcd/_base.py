@@ -157,11 +157,12 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         return "noise_levels_" in self.__dict__
 
     # ------------------------------------------------------------------ validation
-    def _validate_X(self, X, *, reset: bool) -> np.ndarray:
+    def _validate_X(self, X, *, reset: bool, allow_nan: bool = False) -> np.ndarray:
         if isinstance(X, torch.Tensor):  # a tensor that requires grad has no numpy view
             X = X.detach().cpu()
         X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32],
-                          force_writeable=True)
+                          force_writeable=True,
+                          ensure_all_finite="allow-nan" if allow_nan else True)
         # one memory layout, so that C, Fortran and DataFrame inputs fit bit-identically
         return np.ascontiguousarray(X)
 

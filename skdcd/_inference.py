@@ -18,7 +18,7 @@ import torch
 from numpy.typing import ArrayLike
 from sklearn.utils.validation import check_is_fitted
 
-from skdcd import partition, samplers
+from skdcd import conditional, partition, samplers
 from skdcd._progress import ProgressBar, anneal_callback
 from skdcd._utils import (
     fill_in_chunks,
@@ -214,6 +214,36 @@ class Model:
         step = samplers.tune_mala_step(net, x, self.sample_step_size, generator)
         return samplers.mala(net, x, n_steps=max(1, self.sample_steps // 10), step_size=step,
                              generator=generator).detach()
+
+    # ------------------------------------------------------------------ imputation
+    def impute(self, Z: np.ndarray, missing: np.ndarray, n_draws: int,
+               sample_posterior: bool, random_state=None) -> np.ndarray:
+        """``Z`` with its ``missing`` entries drawn from the model's conditional (or its mean).
+
+        Proposals from the annealing base's conditional (a mixture fitted to the training
+        data, as wide as the model allows), importance-resampled and refined by MALA
+        (:func:`skdcd.conditional.impute`, ``sample_steps`` moves).
+        """
+        net = self.module(torch.float64)
+        base = self.annealing_base(0.0, torch.float64)
+        covs = base.chol.pow(2) if base.diagonal else base.chol @ base.chol.mT
+        weights = base.log_weights.exp()
+        generator = generator_from_random_state(random_state, self.device)
+        d = Z.shape[1]
+        # the conditional's padded d × d matrices per row and component: bounded memory
+        rows = max(1, min(GRAD_BATCH // n_draws, (1 << 24) // (len(weights) * d * d)))
+
+        def chunk(a: int, b: int) -> np.ndarray:
+            x = torch.as_tensor(Z[a:b], dtype=torch.float64, device=self.device)
+            gaps = torch.as_tensor(missing[a:b], device=self.device)
+            proposal = conditional.GaussianMixtureConditional.from_mixture(
+                base.means, covs, weights, x, gaps)
+            return conditional.impute(
+                net, proposal, n_steps=self.sample_steps, step_size=self.sample_step_size,
+                generator=generator, n_draws=n_draws,
+                sample_posterior=sample_posterior).cpu().numpy()
+
+        return fill_in_chunks(np.empty_like(Z), rows, chunk)
 
     # ------------------------------------------------------------------ denoising
     def denoise_method(self, method: str, var: np.ndarray) -> str:
@@ -578,6 +608,67 @@ class InferenceMixin:
         device = runtime_device(self.device)
         generator = generator_from_random_state(random_state, device)
         return self._model(device).sample(n_samples, generator) * self.scale_ + self.mean_
+
+    @uses_threads
+    def impute(self, X: ArrayLike, *, n_draws: int = 8, sample_posterior: bool = False,
+               random_state: int | np.random.RandomState | None = None) -> np.ndarray:
+        """Fill the NaN entries of ``X`` from the model's conditional given the other entries.
+
+        For each row, the missing coordinates are drawn from ``q(x_m | x_o) ∝ exp(-E(x))``
+        with the observed coordinates ``x_o`` held fixed: proposals from the conditional of a
+        Gaussian mixture fitted to the training data, importance-resampled into ``n_draws``
+        chains, then ``sample_steps`` MALA moves each (half of them burn-in). Observed
+        entries are returned unchanged. :class:`~skdcd.EnergyImputer` wraps this as a
+        scikit-learn transformer.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Rows with NaN where a value is missing; every row needs at least one observed
+            value.
+        n_draws : int, default=8
+            Chains per row.
+        sample_posterior : bool, default=False
+            ``False``: the conditional mean (the chains' averages after burn-in, the
+            estimate with the least squared error); ``True``: one draw of the conditional
+            (for multiple imputation: call again with another ``random_state``).
+        random_state : int, RandomState instance or None, default=None
+            Seed for the proposals and chains.
+
+        Returns
+        -------
+        X_filled : ndarray of shape (n_samples, n_features), float64
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skdcd import DCDEnergyEstimator
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.multivariate_normal([0, 0], [[1, 0.9], [0.9, 1]], size=500)
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=50, sample_steps=32,
+        ...                          random_state=0).fit(X)
+        >>> filled = est.impute([[1.0, np.nan], [np.nan, -1.0]], random_state=0)
+        >>> filled[0, 0], filled[1, 1]  # observed values are kept
+        (np.float64(1.0), np.float64(-1.0))
+        >>> bool(abs(filled[0, 1] - 0.9) < 0.2 and abs(filled[1, 0] + 0.9) < 0.2)  # E[x_m | x_o]
+        True
+        """
+        check_is_fitted(self)
+        if not isinstance(n_draws, Integral) or isinstance(n_draws, bool) or n_draws < 1:
+            raise ValueError(f"n_draws must be a positive integer, got {n_draws!r}.")
+        X = self._validate_X(X, reset=False, allow_nan=True)
+        missing = np.isnan(X)
+        empty = np.flatnonzero(missing.all(axis=1))
+        if len(empty):
+            raise ValueError(f"{len(empty)} row(s) have every value missing (first: row "
+                             f"{empty[0]}); impute needs at least one observed value per "
+                             f"row (draw such rows with sample()).")
+        Z = np.where(missing, 0.0, self._standardize_finite(np.where(missing, self.mean_, X)))
+        if not missing.any():
+            return X.astype(np.float64)
+        model = self._model(runtime_device(self.device))
+        filled = model.impute(Z, missing, int(n_draws), bool(sample_posterior), random_state)
+        return np.where(missing, filled * self.scale_ + self.mean_, X).astype(np.float64)
 
     @uses_threads
     def denoise(self, X: ArrayLike, noise_std: float, method: str = "auto",
