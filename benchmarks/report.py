@@ -11,7 +11,7 @@ import numpy as np
 from benchmarks.common import md_table, read_json, same_package_code
 
 SECTIONS = ("density", "speed", "digits", "baselines", "peer", "reliability", "likelihood",
-            "highdim", "realdata", "scaleout", "novelty")
+            "highdim", "realdata", "scaleout", "novelty", "imputation")
 
 
 # what a section's report raises on a results file written by an older version of it

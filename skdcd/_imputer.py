@@ -11,6 +11,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+MAX_DONORS = 10_000  # training rows kept as impute's donors
+
 
 class EnergyImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Fill missing values (NaN) from an energy-based model's conditional distribution.
@@ -19,7 +21,8 @@ class EnergyImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     estimator, by default a :class:`~skdcd.DCDEnergyEstimator`: ``transform`` replaces each
     row's missing entries by their conditional mean given the row's observed entries under
     the fitted density (or by one draw, ``sample_posterior=True``), through the estimator's
-    :meth:`~skdcd.DCDEnergyEstimator.impute`. For images this is inpainting.
+    :meth:`~skdcd.DCDEnergyEstimator.impute`, with training rows as donors of proposals.
+    For images this is inpainting.
 
     ``fit`` learns the density. Where the training data have missing entries too, they are
     first filled with the column means, the density is fitted, and the entries are redrawn
@@ -47,6 +50,9 @@ class EnergyImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     ----------
     estimator_ : estimator
         The fitted density estimator.
+    donors_ : ndarray of shape (n_donors, n_features)
+        Training rows (at most 10,000, evenly spaced; with missing entries, as filled by
+        the last round) around which proposals are drawn (``impute``'s ``donors``).
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -131,6 +137,8 @@ class EnergyImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 filled = estimator.impute(X, n_draws=1, sample_posterior=True,
                                           random_state=rng.randint(2**31))
         self.estimator_ = estimator
+        # proposals where the data are (impute's donors): an even subsample of the rows
+        self.donors_ = filled[:: max(1, -(-len(filled) // MAX_DONORS))].copy()
         return self
 
     def transform(self, X: ArrayLike) -> np.ndarray:
@@ -151,4 +159,4 @@ class EnergyImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                           ensure_all_finite="allow-nan", reset=False)
         return self.estimator_.impute(X, n_draws=self.n_draws,
                                       sample_posterior=self.sample_posterior,
-                                      random_state=self.random_state)
+                                      donors=self.donors_, random_state=self.random_state)

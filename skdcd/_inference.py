@@ -38,6 +38,9 @@ PROBES = 256  # draws of the data's Gaussian at which the model's local width is
 # the annealing base's std over the larger of the data's and the model's: wider than both,
 # and not so wide that d dimensions of mismatch exhaust the temperatures
 BASE_WIDEN = 1.2
+# imputation's data proposals: kernels of this width (standardised units) around the
+# nearest of the donor rows
+DONORS, DONOR_BANDWIDTH = 32, 0.1
 
 
 @dataclass
@@ -217,11 +220,13 @@ class Model:
 
     # ------------------------------------------------------------------ imputation
     def impute(self, Z: np.ndarray, missing: np.ndarray, n_draws: int,
-               sample_posterior: bool, random_state=None) -> np.ndarray:
+               sample_posterior: bool, random_state=None,
+               donors: np.ndarray | None = None) -> np.ndarray:
         """``Z`` with its ``missing`` entries drawn from the model's conditional (or its mean).
 
         Proposals from the annealing base's conditional (a mixture fitted to the training
-        data, as wide as the model allows), importance-resampled and refined by MALA
+        data, as wide as the model allows) and, given ``donors`` (complete rows), from
+        kernels around the nearest donors; importance-resampled and refined by MALA
         (:func:`skdcd.conditional.impute`, ``sample_steps`` moves).
         """
         net = self.module(torch.float64)
@@ -230,20 +235,25 @@ class Model:
         weights = base.log_weights.exp()
         generator = generator_from_random_state(random_state, self.device)
         d = Z.shape[1]
+        rows = (None if donors is None
+                else torch.as_tensor(donors, dtype=torch.float64, device=self.device))
         # the conditional's padded d × d matrices per row and component: bounded memory
-        rows = max(1, min(GRAD_BATCH // n_draws, (1 << 24) // (len(weights) * d * d)))
+        batch = max(1, min(GRAD_BATCH // n_draws, (1 << 24) // (len(weights) * d * d)))
 
         def chunk(a: int, b: int) -> np.ndarray:
             x = torch.as_tensor(Z[a:b], dtype=torch.float64, device=self.device)
             gaps = torch.as_tensor(missing[a:b], device=self.device)
             proposal = conditional.GaussianMixtureConditional.from_mixture(
                 base.means, covs, weights, x, gaps)
+            if rows is not None:
+                proposal = conditional.ProposalMixture((proposal, conditional.DonorKernels.nearest(
+                    rows, x, gaps, DONORS, DONOR_BANDWIDTH)))
             return conditional.impute(
                 net, proposal, n_steps=self.sample_steps, step_size=self.sample_step_size,
                 generator=generator, n_draws=n_draws,
                 sample_posterior=sample_posterior).cpu().numpy()
 
-        return fill_in_chunks(np.empty_like(Z), rows, chunk)
+        return fill_in_chunks(np.empty_like(Z), batch, chunk)
 
     # ------------------------------------------------------------------ denoising
     def denoise_method(self, method: str, var: np.ndarray) -> str:
@@ -611,14 +621,16 @@ class InferenceMixin:
 
     @uses_threads
     def impute(self, X: ArrayLike, *, n_draws: int = 8, sample_posterior: bool = False,
+               donors: ArrayLike | None = None,
                random_state: int | np.random.RandomState | None = None) -> np.ndarray:
         """Fill the NaN entries of ``X`` from the model's conditional given the other entries.
 
         For each row, the missing coordinates are drawn from ``q(x_m | x_o) ∝ exp(-E(x))``
         with the observed coordinates ``x_o`` held fixed: proposals from the conditional of a
-        Gaussian mixture fitted to the training data, importance-resampled into ``n_draws``
-        chains, then ``sample_steps`` MALA moves each (half of them burn-in). Observed
-        entries are returned unchanged. :class:`~skdcd.EnergyImputer` wraps this as a
+        Gaussian mixture fitted to the training data (and from the ``donors`` nearest on the
+        observed coordinates), importance-resampled into ``n_draws`` chains, then
+        ``sample_steps`` MALA moves each (half of them burn-in). Observed entries are
+        returned unchanged. :class:`~skdcd.EnergyImputer` wraps this as a
         scikit-learn transformer.
 
         Parameters
@@ -632,6 +644,11 @@ class InferenceMixin:
             ``False``: the conditional mean (the chains' averages after burn-in, the
             estimate with the least squared error); ``True``: one draw of the conditional
             (for multiple imputation: call again with another ``random_state``).
+        donors : array-like of shape (n_donors, n_features) or None, default=None
+            Complete rows, e.g. (a sample of) the training data: half of the proposals are
+            drawn around the 32 donors nearest to each row on its observed coordinates.
+            Where the model's modes are narrow, the mixture's draws can miss them all and
+            the chains stay where they start; donors put proposals where the data are.
         random_state : int, RandomState instance or None, default=None
             Seed for the proposals and chains.
 
@@ -663,11 +680,14 @@ class InferenceMixin:
             raise ValueError(f"{len(empty)} row(s) have every value missing (first: row "
                              f"{empty[0]}); impute needs at least one observed value per "
                              f"row (draw such rows with sample()).")
+        if donors is not None:
+            donors = self._standardize_finite(self._validate_X(donors, reset=False))
         Z = np.where(missing, 0.0, self._standardize_finite(np.where(missing, self.mean_, X)))
         if not missing.any():
             return X.astype(np.float64)
         model = self._model(runtime_device(self.device))
-        filled = model.impute(Z, missing, int(n_draws), bool(sample_posterior), random_state)
+        filled = model.impute(Z, missing, int(n_draws), bool(sample_posterior), random_state,
+                              donors)
         return np.where(missing, filled * self.scale_ + self.mean_, X).astype(np.float64)
 
     @uses_threads

@@ -1,11 +1,12 @@
 """Conditional sampling with some coordinates observed: the maths of imputation.
 
 Pure functions on tensors, each row with its own pattern of missing coordinates
-(``missing``, a boolean ``(n, d)`` tensor). :class:`GaussianMixtureConditional` is the exact
-conditional of a Gaussian mixture, the missing coordinates given the observed ones: a
-proposal that is right where the mixture is. :func:`impute` draws from the conditional of an
-energy ``exp(-U(x))``: importance resampling of the mixture's conditional draws, then
-MALA on the missing coordinates with the observed ones clamped
+(``missing``, a boolean ``(n, d)`` tensor). Proposals for the missing coordinates given the
+observed ones: :class:`GaussianMixtureConditional`, the exact conditional of a Gaussian
+mixture (right where the mixture is), :class:`DonorKernels`, kernels around the nearest
+complete rows (where the data are), and :class:`ProposalMixture` of both. :func:`impute`
+draws from the conditional of an energy ``exp(-U(x))``: importance resampling of a
+proposal's draws, then MALA on the missing coordinates with the observed ones clamped
 (:func:`~skdcd.samplers.adaptive_mala`, one signature with every sampler).
 """
 
@@ -19,7 +20,8 @@ import torch
 from skdcd._mcmc import adaptive_mala
 from skdcd.diffusion import EnergyFn
 
-__all__ = ["GaussianMixtureConditional", "clamped", "impute"]
+__all__ = ["DonorKernels", "GaussianMixtureConditional", "ProposalMixture", "clamped",
+           "impute"]
 
 
 def clamped(energy_fn: EnergyFn, x: torch.Tensor, missing: torch.Tensor) -> EnergyFn:
@@ -167,8 +169,110 @@ class GaussianMixtureConditional:
         return torch.logsumexp(self.log_resp[:, None] + log_comp, dim=-1)
 
 
+@dataclass
+class DonorKernels:
+    """Gaussian kernels around the missing coordinates of each row's nearest complete rows.
+
+    A data proposal: for each row, the ``k`` donors (complete rows, e.g. training data)
+    nearest on the row's observed coordinates, and a kernel ``N(donor_m, h² I)`` over the
+    missing coordinates of each, equally weighted. Draws land where the data are, which a
+    model's narrow wells need; the choice of donors depends on the observed coordinates
+    only, so importance weights against it are exact.
+
+    Attributes
+    ----------
+    x : torch.Tensor of shape (n, d)
+    missing : torch.Tensor of shape (n, d)
+    donors : torch.Tensor of shape (n, k, d)
+        Each row's donors.
+    bandwidth : float
+        ``h``.
+    """
+
+    x: torch.Tensor
+    missing: torch.Tensor
+    donors: torch.Tensor
+    bandwidth: float
+
+    @classmethod
+    def nearest(cls, rows: torch.Tensor, x: torch.Tensor, missing: torch.Tensor, k: int,
+                bandwidth: float) -> DonorKernels:
+        """The ``k`` rows of ``rows`` nearest to each row of ``x`` on its observed coordinates.
+
+        Examples
+        --------
+        >>> import torch
+        >>> rows = torch.tensor([[0.0, 0.0], [1.0, 5.0], [2.0, 9.0]])
+        >>> x = torch.tensor([[1.1, float("nan")]])
+        >>> kernels = DonorKernels.nearest(rows, x, torch.isnan(x), k=1, bandwidth=0.1)
+        >>> kernels.donors
+        tensor([[[1., 5.]]])
+        """
+        x = torch.where(missing, torch.zeros_like(x), x)
+        obs = (~missing).to(x.dtype)
+        # ‖(x - r) ⊙ o‖² = x·x∘o - 2 x∘o·r + o·r²: no (n, N, d) difference tensor
+        d2 = ((x * x * obs).sum(dim=1, keepdim=True) - 2.0 * (x * obs) @ rows.T
+              + obs @ (rows * rows).T)  # (n, N)
+        nearest = d2.topk(min(k, len(rows)), dim=1, largest=False).indices  # (n, k)
+        return cls(x, missing, rows[nearest], float(bandwidth))
+
+    def sample(self, n_draws: int, generator: torch.Generator) -> torch.Tensor:
+        """``n_draws`` draws per row, ``(n, n_draws, d)``, observed coordinates kept."""
+        n, k, d = self.donors.shape
+        pick = torch.randint(k, (n, n_draws), generator=generator, device=self.x.device)
+        centre = self.donors[torch.arange(n, device=self.x.device)[:, None], pick]
+        xi = torch.randn((n, n_draws, d), generator=generator, dtype=self.x.dtype,
+                         device=self.x.device)
+        return torch.where(self.missing[:, None, :], centre + self.bandwidth * xi,
+                           self.x[:, None, :])
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """``log`` of the kernel mixture at the missing coordinates of ``y``, ``(n, D)``."""
+        diff = torch.where(self.missing[:, None, None, :],
+                           y[:, :, None, :] - self.donors[:, None], 0.0)  # (n, D, k, d)
+        h2 = self.bandwidth**2
+        n_miss = self.missing.sum(dim=1).to(y.dtype)[:, None]  # (n, 1)
+        return (torch.logsumexp(-0.5 * diff.pow(2).sum(dim=-1) / h2, dim=-1)
+                - math.log(self.donors.shape[1])
+                - 0.5 * n_miss * math.log(2 * math.pi * h2))
+
+
+@dataclass
+class ProposalMixture:
+    """An equal-weight mixture of proposals (each with ``sample`` and ``log_prob``).
+
+    ``sample`` draws an equal share from each part (a deterministic mixture: importance
+    weights against the mixture's density stay exact, with less variance than random
+    picks), ``log_prob`` is the mixture's.
+    """
+
+    parts: tuple
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The rows (of the first part; every part has the same)."""
+        return self.parts[0].x
+
+    @property
+    def missing(self) -> torch.Tensor:
+        """Which coordinates are missing."""
+        return self.parts[0].missing
+
+    def sample(self, n_draws: int, generator: torch.Generator) -> torch.Tensor:
+        """``n_draws`` draws per row, ``(n, n_draws, d)``: an equal share from each part."""
+        shares = [len(c) for c in torch.arange(n_draws).tensor_split(len(self.parts))]
+        return torch.cat([p.sample(s, generator) for p, s in zip(self.parts, shares,
+                                                                 strict=True) if s], dim=1)
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """The mixture's log-density at the missing coordinates of ``y``, ``(n, D)``."""
+        parts = torch.stack([p.log_prob(y) for p in self.parts])  # (parts, n, D)
+        return torch.logsumexp(parts, dim=0) - math.log(len(self.parts))
+
+
 def impute(
-    energy_fn: EnergyFn, proposal: GaussianMixtureConditional, *, n_steps: int,
+    energy_fn: EnergyFn, proposal: GaussianMixtureConditional | DonorKernels | ProposalMixture,
+    *, n_steps: int,
     step_size: float, generator: torch.Generator, n_draws: int = 8, n_proposals: int = 64,
     sample_posterior: bool = False,
 ) -> torch.Tensor:
@@ -183,8 +287,9 @@ def impute(
     ----------
     energy_fn : callable
         ``U``, mapping ``(n, d)`` to ``(n,)``.
-    proposal : GaussianMixtureConditional
-        The rows, which coordinates are missing, and the proposal.
+    proposal : GaussianMixtureConditional, DonorKernels or ProposalMixture
+        The rows, which coordinates are missing, and the proposal (anything with ``x``,
+        ``missing``, ``sample`` and ``log_prob`` as these have).
     n_steps : int
         MALA moves per chain; the first half adapt the step.
     step_size : float

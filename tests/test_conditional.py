@@ -9,7 +9,13 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from skdcd.conditional import GaussianMixtureConditional, clamped, impute
+from skdcd.conditional import (
+    DonorKernels,
+    GaussianMixtureConditional,
+    ProposalMixture,
+    clamped,
+    impute,
+)
 
 D = torch.float64
 
@@ -165,3 +171,47 @@ def test_impute_draws_the_exact_conditional_of_a_gaussian_energy(sample_posterio
         spread = got.std(axis=0)
         assert np.all(np.abs(got.mean(axis=0) - mean) < 4 * spread / np.sqrt(n))
         assert np.all(spread < 0.3 * np.sqrt(np.diag(c)))
+
+
+def test_donor_kernels_pick_the_nearest_on_observed_coordinates_and_normalise():
+    rng = np.random.RandomState(4)
+    rows = torch.as_tensor(rng.randn(200, 3), dtype=D)
+    x = torch.as_tensor(rng.randn(5, 3), dtype=D)
+    missing = torch.zeros(5, 3, dtype=torch.bool)
+    missing[:, 2] = True
+    missing[0, 1] = True
+    kernels = DonorKernels.nearest(rows, torch.where(missing, torch.nan, x), missing, k=4,
+                                   bandwidth=0.3)
+    for i in range(5):
+        o = ~missing[i]
+        dist = ((rows[:, o] - x[i, o]) ** 2).sum(dim=1)
+        expected = set(dist.argsort()[:4].tolist())
+        got = {int(torch.nonzero((rows == r).all(dim=1))[0]) for r in kernels.donors[i]}
+        assert got == expected
+    # the density integrates to 1 over the missing coordinates: row 1 has one (a grid)
+    grid = torch.linspace(-6, 6, 4001, dtype=D)
+    y = x[1].repeat(len(grid), 1)
+    y[:, 2] = grid
+    dens = torch.stack([kernels.log_prob(y[None, j:j + 1].expand(5, 1, 3))[1, 0]
+                        for j in range(len(grid))]).exp()
+    assert abs(float(torch.trapezoid(dens, grid)) - 1.0) < 1e-6
+    draws = kernels.sample(7, torch.Generator().manual_seed(0))
+    assert draws.shape == (5, 7, 3)
+    assert torch.equal(draws[~missing[:, None, :].expand(5, 7, 3)],
+                       x[:, None, :].expand(5, 7, 3)[~missing[:, None, :].expand(5, 7, 3)])
+
+
+def test_a_proposal_mixture_is_the_average_of_its_parts():
+    rng = np.random.RandomState(5)
+    means, covs, weights = _mixture(rng, k=2, d=3)
+    x = rng.randn(4, 3)
+    missing = _patterns(rng, 4, 3)
+    missing[0, 1] = True
+    gmm = _conditional(means, covs, weights, x, missing)
+    kernels = DonorKernels.nearest(torch.as_tensor(rng.randn(50, 3), dtype=D),
+                                   torch.as_tensor(x, dtype=D), torch.as_tensor(missing), 5, 0.5)
+    mix = ProposalMixture((gmm, kernels))
+    y = mix.sample(9, torch.Generator().manual_seed(0))
+    assert y.shape == (4, 9, 3)
+    expected = torch.logaddexp(gmm.log_prob(y), kernels.log_prob(y)) - np.log(2)
+    torch.testing.assert_close(mix.log_prob(y), expected)
