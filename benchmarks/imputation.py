@@ -152,7 +152,7 @@ def _baseline(method: str, data: dict, task: str, seed: int, quick: bool):
         return IterativeImputer(trees, max_iter=1 if quick else 5,
                                 random_state=seed).fit(data["train"]), {}
     if method == "gmm":
-        grid = _grid(n_components=(1, 2) if quick else (1, 2, 4, 8, 16),
+        grid = _grid(n_components=(1, 2) if quick else (1, 2, 4, 8, 16, 32),
                      reg_covar=(1e-3, 1e-1) if quick else (1e-4, 1e-3, 1e-2, 1e-1))
         return _tuned(lambda **p: GMMConditionalMean(**p, seed=seed), grid, data, task, seed)
     raise ValueError(method)

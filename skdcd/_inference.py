@@ -41,6 +41,7 @@ BASE_WIDEN = 1.2
 # imputation's data proposals: kernels of this width (standardised units) around the
 # nearest of the donor rows
 DONORS, DONOR_BANDWIDTH = 32, 0.1
+IMPUTE_TOP = 1.0  # time-conditional imputation anneals from the level nearest the data's std
 
 
 @dataclass
@@ -250,10 +251,14 @@ class Model:
                     rows, x, gaps, DONORS, DONOR_BANDWIDTH)))
             return conditional.impute(
                 net, proposal, n_steps=self.sample_steps, step_size=self.sample_step_size,
-                generator=generator, n_draws=n_draws,
-                sample_posterior=sample_posterior).cpu().numpy()
+                generator=generator, n_draws=n_draws, sample_posterior=sample_posterior,
+                move_starts=self._impute_moves(generator)).cpu().numpy()
 
         return fill_in_chunks(np.empty_like(Z), batch, chunk)
+
+    def _impute_moves(self, generator: torch.Generator):
+        """What moves imputation's chain starts before MALA (``None``: nothing)."""
+        return None
 
     # ------------------------------------------------------------------ denoising
     def denoise_method(self, method: str, var: np.ndarray) -> str:
@@ -333,6 +338,32 @@ class LadderModel(Model):
             samplers.sigmoid_schedule(n_steps).tolist(), step_size=self.sample_step_size,
             generator=generator, resample=False, callback=callback)
         return partition.estimate_from_log_weights(result.log_weights)
+
+    def _impute_moves(self, generator: torch.Generator):
+        """Anneal the starts down the ladder from the data's scale (``IMPUTE_TOP``).
+
+        Each start is noised to the highest level at most ``IMPUTE_TOP`` (standardised
+        units) and recovered level by level (:func:`~skdcd.samplers.recovery_sample`), the
+        observed coordinates on a forward noise path (:func:`~skdcd.conditional.
+        clamped_ladder`): the wide levels let the chains cross between modes that the
+        narrowest level's wells keep apart.
+        """
+        levels = [float(s) for s in self.levels if s <= IMPUTE_TOP][::-1]  # descending
+        if len(levels) < 2:
+            return None
+        energy = self._frozen(torch.float64)
+
+        def move(start: torch.Tensor, x: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+            noise = torch.randn(start.shape, generator=generator, dtype=start.dtype,
+                                device=start.device)
+            top = math.sqrt(levels[0] ** 2 - levels[-1] ** 2)
+            y = torch.where(gaps, start + top * noise, start)
+            return samplers.recovery_sample(
+                conditional.clamped_ladder(energy, x, gaps, levels[-1], generator), y,
+                levels, n_steps=self.recovery_steps, step_size=self.recovery_step_size,
+                generator=generator)
+
+        return move
 
     def sample_work(self) -> int:
         """SMC's temperatures and one unit per level of recovery."""

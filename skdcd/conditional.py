@@ -13,6 +13,7 @@ proposal's draws, then MALA on the missing coordinates with the observed ones cl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ from skdcd._mcmc import adaptive_mala
 from skdcd.diffusion import EnergyFn
 
 __all__ = ["DonorKernels", "GaussianMixtureConditional", "ProposalMixture", "clamped",
-           "impute"]
+           "clamped_ladder", "impute"]
 
 
 def clamped(energy_fn: EnergyFn, x: torch.Tensor, missing: torch.Tensor) -> EnergyFn:
@@ -43,6 +44,38 @@ def clamped(energy_fn: EnergyFn, x: torch.Tensor, missing: torch.Tensor) -> Ener
     """
     def energy(y: torch.Tensor) -> torch.Tensor:
         return energy_fn(torch.where(missing, y, x))
+
+    return energy
+
+
+def clamped_ladder(energy_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   x: torch.Tensor, missing: torch.Tensor, sigma_min: float,
+                   generator: torch.Generator) -> Callable[[torch.Tensor, torch.Tensor],
+                                                           torch.Tensor]:
+    """A noise-conditional energy of the missing coordinates, the others on a noise path.
+
+    ``(y, σ) ↦ E(where(missing, y, x + sqrt(σ² - σ_min²) ξ), σ)`` with one ``ξ ~ N(0, I)``
+    per row: at each level the observed coordinates are where the forward (variance
+    exploding) process would have taken them, so the level-``σ`` energy sees data of its
+    own level; at ``σ_min`` they are ``x``. For annealing down a noise ladder with
+    :func:`~skdcd.samplers.recovery_sample`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> energy_fn = lambda x, s: x.pow(2).sum(dim=1) / (2 * (1 + s.squeeze(1) ** 2))
+    >>> x = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    >>> f = clamped_ladder(energy_fn, x, torch.tensor([[False, True]]), 0.5,
+    ...                    torch.Generator().manual_seed(0))
+    >>> float(f(torch.zeros(1, 2, dtype=torch.float64), torch.full((1, 1), 0.5,
+    ...       dtype=torch.float64)))  # x₀ = 1 at σ_min: 1 / (2 · 1.25)
+    0.4
+    """
+    xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+    def energy(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        spread = torch.sqrt(torch.clamp(sigma.pow(2) - sigma_min**2, min=0.0))  # (n, 1)
+        return energy_fn(torch.where(missing, y, x + spread * xi), sigma)
 
     return energy
 
@@ -275,6 +308,7 @@ def impute(
     *, n_steps: int,
     step_size: float, generator: torch.Generator, n_draws: int = 8, n_proposals: int = 64,
     sample_posterior: bool = False,
+    move_starts: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Fill the missing coordinates from the conditional of ``exp(-U(x))`` given the others.
 
@@ -303,6 +337,10 @@ def impute(
     sample_posterior : bool, default=False
         ``False``: the posterior mean (every chain's average after the burn-in, averaged
         over the chains); ``True``: one draw (the first chain's last state).
+    move_starts : callable, optional
+        ``move_starts(starts, x, missing) -> starts``, applied to the chains' starts (and
+        the rows and patterns repeated alike) before MALA, e.g. annealing down a noise
+        ladder with :func:`clamped_ladder`.
 
     Returns
     -------
@@ -343,6 +381,8 @@ def impute(
                              generator=generator)  # (n, D)
     start = candidates[torch.arange(n, device=x.device)[:, None], pick].reshape(n * n_draws, d)
     fixed, gaps = x.repeat_interleave(n_draws, 0), missing.repeat_interleave(n_draws, 0)
+    if move_starts is not None:
+        start = move_starts(start, fixed, gaps)
     step = torch.full((n * n_draws, 1), float(step_size), dtype=x.dtype, device=x.device)
     chains = adaptive_mala(clamped(energy_fn, fixed, gaps), start, n_steps=n_steps,
                            step_size=step, generator=generator,

@@ -132,3 +132,35 @@ def test_bad_input_gets_a_clear_error():
         DCDEnergyEstimator(**FAST).fit(np.where(X > 2, np.nan, X))
     with pytest.raises(ValueError, match="n_draws"):
         imputer.estimator_.impute(X, n_draws=0)
+
+
+def test_a_time_conditional_model_gives_its_own_exact_conditional_mean():
+    # an envelope-only time-conditional model: at σ_min it is the fitted mixture diffused by
+    # σ_min, whose conditional mean is exact; the ladder, donors and MALA must reproduce it
+    from benchmarks.likelihood import Zero
+    from skdcd.conditional import GaussianMixtureConditional
+
+    rng = np.random.RandomState(1)
+    d = 6
+    centres = rng.randn(3, d) * 2
+    X = centres[rng.randint(3, size=1500)] + rng.randn(1500, d) @ (rng.randn(d, d) * 0.4)
+    est = DCDEnergyEstimator(max_iter=1, time_conditional=True, energy_net=Zero,
+                             envelope_components=3, learning_rate=1e-6, sample_steps=128,
+                             random_state=0).fit(X)
+    net = est.energy_net_.double()
+    s2 = float(est.noise_levels_[0]) ** 2
+    u, lam = net.directions, net.variances
+    covs = torch.einsum("kdj,kj,kej->kde", u, lam, u) + (
+        net.residual_variance[:, None, None] * (torch.eye(d) - u @ u.mT)) + s2 * torch.eye(d)
+    rows = X[1000:1060]
+    missing = rng.rand(60, d) < 0.5
+    missing[missing.all(axis=1), 0] = False
+    z = torch.as_tensor((rows - est.mean_) / est.scale_)
+    exact = GaussianMixtureConditional.from_mixture(
+        net.center, covs, net.log_weights.exp(), z, torch.as_tensor(missing)).mean().numpy()
+    exact = exact * est.scale_ + est.mean_
+    filled = est.impute(np.where(missing, np.nan, rows), n_draws=64, donors=X[:1000],
+                        random_state=0)
+    # Monte Carlo error only (it falls as 1 / sqrt(n_draws)): some rows sit between modes
+    err = np.abs(filled - exact)[missing] / X.std(axis=0)[np.nonzero(missing)[1]]
+    assert err.mean() < 0.07 and err.max() < 0.35, (err.mean(), err.max())
