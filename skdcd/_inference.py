@@ -231,9 +231,7 @@ class Model:
         (:func:`skdcd.conditional.impute`, ``sample_steps`` moves).
         """
         net = self.module(torch.float64)
-        base = self.annealing_base(0.0, torch.float64)
-        covs = base.chol.pow(2) if base.diagonal else base.chol @ base.chol.mT
-        weights = base.log_weights.exp()
+        means, covs, weights = self._impute_mixture()
         generator = generator_from_random_state(random_state, self.device)
         d = Z.shape[1]
         rows = (None if donors is None
@@ -245,7 +243,7 @@ class Model:
             x = torch.as_tensor(Z[a:b], dtype=torch.float64, device=self.device)
             gaps = torch.as_tensor(missing[a:b], device=self.device)
             proposal = conditional.GaussianMixtureConditional.from_mixture(
-                base.means, covs, weights, x, gaps)
+                means, covs, weights, x, gaps)
             if rows is not None:
                 proposal = conditional.ProposalMixture((proposal, conditional.DonorKernels.nearest(
                     rows, x, gaps, DONORS, DONOR_BANDWIDTH)))
@@ -259,6 +257,12 @@ class Model:
     def _impute_moves(self, generator: torch.Generator):
         """What moves imputation's chain starts before MALA (``None``: nothing)."""
         return None
+
+    def _impute_mixture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Imputation's mixture proposal (means, covariances, weights): the annealing base."""
+        base = self.annealing_base(0.0, torch.float64)
+        covs = base.chol.pow(2) if base.diagonal else base.chol @ base.chol.mT
+        return base.means, covs, base.log_weights.exp()
 
     # ------------------------------------------------------------------ denoising
     def denoise_method(self, method: str, var: np.ndarray) -> str:
@@ -338,6 +342,18 @@ class LadderModel(Model):
             samplers.sigmoid_schedule(n_steps).tolist(), step_size=self.sample_step_size,
             generator=generator, resample=False, callback=callback)
         return partition.estimate_from_log_weights(result.log_weights)
+
+    def _impute_mixture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The model's own envelope at the narrowest level, where it has a mixture one."""
+        net = self._frozen(torch.float64)
+        if net.envelope_std is None or not net.directions.numel():
+            return super()._impute_mixture()
+        d, s2 = len(self.base_mean), float(self.levels[0]) ** 2
+        u = net.directions
+        eye = torch.eye(d, dtype=u.dtype, device=u.device)
+        covs = (torch.einsum("kdj,kj,kej->kde", u, net.variances, u)
+                + net.residual_variance[:, None, None] * (eye - u @ u.mT) + s2 * eye)
+        return net.center, covs, net.log_weights.exp()
 
     def _impute_moves(self, generator: torch.Generator):
         """Anneal the starts down the ladder from the data's scale (``IMPUTE_TOP``).
