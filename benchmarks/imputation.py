@@ -5,16 +5,17 @@ Run through the suite: ``python -m benchmarks run --sections imputation [--quick
 Data: the 64-D digits, pixel counts divided by 16 (values in [0, 1]), and
 ``load_breast_cancer`` (30 features, standardised with the training rows' mean and std).
 Seed ``s`` splits the rows at random into 64 % training, 16 % validation and 20 % test
-rows. Every method is fitted to the **complete** training rows; then the validation and test
-rows lose entries, and each method fills them. Tasks: digits with 25 % and 50 % of the
-pixels missing at random and with the lower half missing (rows 4–7 of the image: inpainting),
-breast cancer with 20 % of the entries missing at random. Rows that would lose every entry
-keep one at random.
+rows, of which the first 180 are used (filling is MCMC per row; on digits half of the test
+rows, the same for every method). Every method is fitted to the **complete** training
+rows; then the validation and test rows lose entries, and each method fills them. Tasks:
+digits with 25 % and 50 % of the pixels missing at random and with the lower half missing
+(rows 4–7 of the image: inpainting), breast cancer with 20 % of the entries missing at
+random. Rows that would lose every entry keep one at random.
 
 Metric: RMSE of the filled entries against the truth, on the test rows. Methods:
 
 * ``dcd``: ``EnergyImputer`` around ``DCDEnergyEstimator`` at its defaults (a marginal
-  model of the rows); ``dcd-image`` (digits only): the same with ``image_shape=(8, 8)``,
+  model of the rows); ``dcd-image`` (digits only): the same with ``image_shape=(1, 8, 8)``,
   whose default is the time-conditional model with its mixture envelope.
 * ``mean``: ``SimpleImputer``; ``knn``: ``KNNImputer`` (``n_neighbors`` and weights
   chosen on the validation rows); ``iterative-br`` and ``iterative-et``:

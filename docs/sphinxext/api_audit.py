@@ -16,8 +16,8 @@ import importlib
 import inspect
 import sys
 
-MODULES = ["skdcd", "skdcd.datasets", "skdcd.diffusion", "skdcd.samplers", "skdcd.partition",
-           "skdcd.networks", "skdcd.plotting", "skdcd.cli"]
+MODULES = ["skdcd", "skdcd.datasets", "skdcd.diffusion", "skdcd.samplers", "skdcd.conditional",
+           "skdcd.partition", "skdcd.networks", "skdcd.plotting", "skdcd.cli"]
 
 
 def public_names(modname: str) -> list[tuple[str, object]]:
