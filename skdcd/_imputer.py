@@ -39,7 +39,8 @@ class EnergyImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Chains per row (``impute``'s ``n_draws``).
     sample_posterior : bool, default=False
         ``False``: fill with the conditional mean (least squared error); ``True``: with one
-        draw of the conditional (multiple imputation: refit with other ``random_state``).
+        draw of the conditional (multiple imputation: transform again after
+        ``set_params(random_state=...)``).
     n_rounds : int, default=2
         Fits of the density when the training data have missing entries (see above); with
         complete training data one fit, whatever its value.
@@ -51,8 +52,8 @@ class EnergyImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     estimator_ : estimator
         The fitted density estimator.
     donors_ : ndarray of shape (n_donors, n_features)
-        Training rows (at most 10,000, evenly spaced; with missing entries, as filled by
-        the last round) around which proposals are drawn (``impute``'s ``donors``).
+        Training rows (at most 10,000, evenly spaced; with missing entries, as filled for
+        the last fit) around which proposals are drawn (``impute``'s ``donors``).
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -134,7 +135,7 @@ class EnergyImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         for k in range(rounds):
             estimator.fit(filled)
             if k + 1 < rounds:  # draws, not means: the next fit sees the conditional spread
-                filled = estimator.impute(X, n_draws=1, sample_posterior=True,
+                filled = estimator.impute(X, sample_posterior=True, donors=filled,
                                           random_state=rng.randint(2**31))
         self.estimator_ = estimator
         # proposals where the data are (impute's donors): an even subsample of the rows

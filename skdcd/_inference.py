@@ -236,8 +236,12 @@ class Model:
         d = Z.shape[1]
         rows = (None if donors is None
                 else torch.as_tensor(donors, dtype=torch.float64, device=self.device))
-        # the conditional's padded d × d matrices per row and component: bounded memory
-        batch = max(1, min(GRAD_BATCH // n_draws, (1 << 24) // (len(weights) * d * d)))
+        # padded d × d matrices per row and component (and per proposal when drawing):
+        # bounded memory
+        square = d if covs.ndim == 2 else d * d
+        batch = max(1, min(GRAD_BATCH // n_draws,
+                           (1 << 24) // (max(len(weights), conditional.N_PROPOSALS) * square)))
+        moves = self._impute_moves(generator)
 
         def chunk(a: int, b: int) -> np.ndarray:
             x = torch.as_tensor(Z[a:b], dtype=torch.float64, device=self.device)
@@ -250,7 +254,7 @@ class Model:
             return conditional.impute(
                 net, proposal, n_steps=self.sample_steps, step_size=self.sample_step_size,
                 generator=generator, n_draws=n_draws, sample_posterior=sample_posterior,
-                move_starts=self._impute_moves(generator)).cpu().numpy()
+                move_starts=moves).cpu().numpy()
 
         return fill_in_chunks(np.empty_like(Z), batch, chunk)
 

@@ -21,6 +21,8 @@ import torch
 from skdcd._mcmc import adaptive_mala
 from skdcd.diffusion import EnergyFn
 
+N_PROPOSALS = 64  # proposals per row for the resampling (impute's default)
+
 __all__ = ["DonorKernels", "GaussianMixtureConditional", "ProposalMixture", "clamped",
            "clamped_ladder", "impute"]
 
@@ -189,13 +191,12 @@ class GaussianMixtureConditional:
         """``log p(y_m | x_o)`` of draws ``y`` of shape ``(n, D, d)``, ``(n, D)``."""
         diff = torch.where(self.missing[:, None, None, :],
                            y[:, :, None, :] - self.means[:, None], 0.0)  # (n, D, K, d)
-        chol = self.chol[:, None]  # (n, 1, K, d, d) or (n, 1, K, d)
-        if chol.ndim == 4:
-            white = diff * chol
-            log_det = torch.log(chol).sum(dim=-1)
-        else:  # ‖Lᵀ diff‖²: the precision's quadratic form
-            white = (chol.transpose(-1, -2) @ diff[..., None]).squeeze(-1)
-            log_det = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(dim=-1)
+        if self.chol.ndim == 3:  # diagonal
+            white = diff * self.chol[:, None]
+            log_det = torch.log(self.chol).sum(dim=-1)[:, None]
+        else:  # ‖Lᵀ diff‖², the precision's quadratic form, without expanding L over D
+            white = torch.einsum("nkji,ndkj->ndki", self.chol, diff)
+            log_det = torch.log(torch.diagonal(self.chol, dim1=-2, dim2=-1)).sum(dim=-1)[:, None]
         n_miss = self.missing.sum(dim=1).to(y.dtype)[:, None, None]  # (n, 1, 1)
         log_comp = (-0.5 * white.pow(2).sum(dim=-1) + log_det
                     - 0.5 * n_miss * math.log(2 * math.pi))  # (n, D, K)
@@ -298,15 +299,22 @@ class ProposalMixture:
                                                                  strict=True) if s], dim=1)
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        """The mixture's log-density at the missing coordinates of ``y``, ``(n, D)``."""
-        parts = torch.stack([p.log_prob(y) for p in self.parts])  # (parts, n, D)
-        return torch.logsumexp(parts, dim=0) - math.log(len(self.parts))
+        """The log-density of the mixture that ``sample`` drew ``y`` from, ``(n, D)``.
+
+        Each part weighs its share of the ``D`` draws (equal shares when ``D`` is a
+        multiple of the number of parts).
+        """
+        shares = [len(c) for c in torch.arange(y.shape[1]).tensor_split(len(self.parts))]
+        parts = torch.stack([p.log_prob(y) + math.log(s / y.shape[1])
+                             for p, s in zip(self.parts, shares, strict=True) if s])
+        return torch.logsumexp(parts, dim=0)
 
 
 def impute(
     energy_fn: EnergyFn, proposal: GaussianMixtureConditional | DonorKernels | ProposalMixture,
     *, n_steps: int,
-    step_size: float, generator: torch.Generator, n_draws: int = 8, n_proposals: int = 64,
+    step_size: float, generator: torch.Generator, n_draws: int = 8,
+    n_proposals: int = N_PROPOSALS,
     sample_posterior: bool = False,
     move_starts: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -331,12 +339,13 @@ def impute(
     generator : torch.Generator
         Source of randomness.
     n_draws : int, default=8
-        Chains per row.
+        Chains per row for the posterior mean (a draw, ``sample_posterior=True``, takes
+        one).
     n_proposals : int, default=64
         Proposals per row for the resampling.
     sample_posterior : bool, default=False
         ``False``: the posterior mean (every chain's average after the burn-in, averaged
-        over the chains); ``True``: one draw (the first chain's last state).
+        over the chains); ``True``: one draw (one chain's last state).
     move_starts : callable, optional
         ``move_starts(starts, x, missing) -> starts``, applied to the chains' starts (and
         the rows and patterns repeated alike) before MALA, e.g. annealing down a noise
@@ -374,9 +383,10 @@ def impute(
     with torch.no_grad():
         energies = energy_fn(candidates.reshape(n * n_proposals, d)).reshape(n, n_proposals)
         log_w = -energies - proposal.log_prob(candidates)
-    # a row whose every candidate has infinite energy: resample uniformly
-    log_w = torch.nan_to_num(log_w, nan=-math.inf)
+    # NaN weights count as impossible; a row with no possible candidate resamples uniformly
+    log_w = torch.nan_to_num(log_w, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
     log_w = torch.where(torch.isinf(log_w).all(dim=1, keepdim=True), 0.0, log_w)
+    n_draws = 1 if sample_posterior else n_draws  # a draw is one chain's last state
     pick = torch.multinomial(torch.softmax(log_w, dim=1), n_draws, replacement=True,
                              generator=generator)  # (n, D)
     start = candidates[torch.arange(n, device=x.device)[:, None], pick].reshape(n * n_draws, d)

@@ -213,5 +213,9 @@ def test_a_proposal_mixture_is_the_average_of_its_parts():
     mix = ProposalMixture((gmm, kernels))
     y = mix.sample(9, torch.Generator().manual_seed(0))
     assert y.shape == (4, 9, 3)
-    expected = torch.logaddexp(gmm.log_prob(y), kernels.log_prob(y)) - np.log(2)
+    # 9 draws: 5 from the first part and 4 from the second, which weigh 5/9 and 4/9 (the
+    # density the draws came from; equal weights would bias the importance weights)
+    expected = torch.logaddexp(gmm.log_prob(y) + np.log(5 / 9), kernels.log_prob(y) + np.log(4 / 9))
     torch.testing.assert_close(mix.log_prob(y), expected)
+    torch.testing.assert_close(mix.log_prob(y[:, :8]), torch.logaddexp(
+        gmm.log_prob(y[:, :8]), kernels.log_prob(y[:, :8])) - np.log(2))

@@ -38,11 +38,13 @@ class FullGaussian(nn.Module):
 
 def _gaussian_estimator(est_cls, mean, cov):
     # fitted to other data (so its proposal mixture is wrong), then given the exact energy
+    # N(mean, cov) in input units, i.e. in the standardised units it works in
     d = len(mean)
-    X = np.random.RandomState(0).randn(400, d) * 3
-    est = est_cls(**{**FAST, "standardize": False, "envelope_std": None,
-                     "sample_steps": 256}).fit(X)
-    est.energy_net_ = type(est.energy_net_)(FullGaussian(mean, cov), None)
+    X = np.random.RandomState(0).randn(400, d) * np.linspace(1, 2, d) + 1.0
+    est = est_cls(**{**FAST, "envelope_std": None, "sample_steps": 256}).fit(X)
+    z_mean = (mean - est.mean_) / est.scale_
+    z_cov = cov / np.outer(est.scale_, est.scale_)
+    est.energy_net_ = type(est.energy_net_)(FullGaussian(z_mean, z_cov), None)
     est._cache.clear()
     return est
 
@@ -72,6 +74,23 @@ def test_impute_gives_the_conditional_mean_of_a_gaussian_model(est_cls):
     # 16 chains of 128 kept moves each: the Monte Carlo error is a small share of the
     # spread (it halves with 4 times the moves; no bias)
     assert errors.mean() < 0.1 and errors.max() < 0.5, (errors.mean(), errors.max())
+
+
+def test_sample_posterior_draws_have_the_conditional_spread_of_a_gaussian_model():
+    mean = np.array([1.0, -2.0, 0.5])
+    cov = np.array([[2.0, 1.2, 0.3], [1.2, 1.5, -0.4], [0.3, -0.4, 1.0]])
+    est = _gaussian_estimator(DCDEnergyEstimator, mean, cov)
+    row = np.array([[2.0, np.nan, np.nan]])
+    draws = est.impute(np.repeat(row, 2000, axis=0), sample_posterior=True,
+                       random_state=0)[:, 1:]
+    m, o = [1, 2], [0]
+    exact_mean = mean[m] + cov[np.ix_(m, o)] @ np.linalg.solve(cov[np.ix_(o, o)],
+                                                               row[0, o] - mean[o])
+    exact_cov = cov[np.ix_(m, m)] - cov[np.ix_(m, o)] @ np.linalg.solve(cov[np.ix_(o, o)],
+                                                                       cov[np.ix_(o, m)])
+    n = len(draws)
+    assert np.all(np.abs(draws.mean(axis=0) - exact_mean) < 4 * np.sqrt(np.diag(exact_cov) / n))
+    np.testing.assert_allclose(np.cov(draws.T), exact_cov, atol=5 * np.sqrt(2 / n) * 1.5)
 
 
 def test_sample_posterior_draws_differ_and_keep_the_observed_values():
