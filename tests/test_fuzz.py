@@ -240,6 +240,20 @@ def test_fuzz_denoise(fitted):
           check)
 
 
+def test_fuzz_impute(fitted):
+    def check(case):
+        which, X, n_draws, random_state = case
+        out = _call_keeping_input(X, "impute", lambda: fitted[which].impute(
+            X, n_draws=n_draws, random_state=random_state))
+        assert out.shape == (_n_out(X), 2) and np.isfinite(out).all()
+        given = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
+        assert np.array_equal(out[~np.isnan(given)], given[~np.isnan(given)])
+
+    n_draws = st.one_of(st.integers(1, 3), st.integers(-2, 0), st.none(), st.floats(0, 2),
+                        st.text(max_size=2), st.booleans())
+    _fuzz("impute", st.tuples(ESTIMATOR, messy_inputs(), n_draws, RANDOM_STATE), check)
+
+
 def test_fuzz_sample(fitted):
     def check(case):
         which, n_samples, random_state = case
