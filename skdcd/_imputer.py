@@ -71,8 +71,8 @@ class EnergyImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     >>> rng = np.random.default_rng(0)
     >>> X = rng.multivariate_normal([0, 0], [[1, 0.9], [0.9, 1]], size=500)
     >>> imputer = EnergyImputer(DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=50,
-    ...                                            sample_steps=32, random_state=0),
-    ...                         random_state=0).fit(X)
+    ...                                            random_state=0),
+    ...                         n_draws=32, random_state=0).fit(X)
     >>> filled = imputer.transform([[1.0, np.nan], [np.nan, -1.0]])
     >>> bool(abs(filled[0, 1] - 0.9) < 0.2 and abs(filled[1, 0] + 0.9) < 0.2)  # E[x_m | x_o]
     True

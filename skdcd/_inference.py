@@ -713,9 +713,9 @@ class InferenceMixin:
         >>> from skdcd import DCDEnergyEstimator
         >>> rng = np.random.default_rng(0)
         >>> X = rng.multivariate_normal([0, 0], [[1, 0.9], [0.9, 1]], size=500)
-        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=50, sample_steps=32,
+        >>> est = DCDEnergyEstimator(hidden_layer_sizes=(16,), max_iter=50,
         ...                          random_state=0).fit(X)
-        >>> filled = est.impute([[1.0, np.nan], [np.nan, -1.0]], random_state=0)
+        >>> filled = est.impute([[1.0, np.nan], [np.nan, -1.0]], n_draws=32, random_state=0)
         >>> filled[0, 0], filled[1, 1]  # observed values are kept
         (np.float64(1.0), np.float64(-1.0))
         >>> bool(abs(filled[0, 1] - 0.9) < 0.2 and abs(filled[1, 0] + 0.9) < 0.2)  # E[x_m | x_o]

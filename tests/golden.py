@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import platform
 import sys
 
 import numpy as np
@@ -116,7 +117,17 @@ def environment() -> dict:
     """What bit-identical results depend on besides the code."""
     return {"torch": torch.__version__, "numpy": np.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads()}
+            "cpu": _cpu_model(), "threads": torch.get_num_threads()}
+
+
+def _cpu_model() -> str:
+    """The processor's model name: MKL's kernels (and their rounding) differ by vendor."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()
 
 
 def record() -> None:
