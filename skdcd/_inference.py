@@ -231,7 +231,7 @@ class Model:
         (:func:`skdcd.conditional.impute`, ``sample_steps`` moves).
         """
         net = self.module(torch.float64)
-        means, covs, weights = self._impute_mixture()
+        means, covs, weights = self._impute_mixture(net)
         generator = generator_from_random_state(random_state, self.device)
         d = Z.shape[1]
         rows = (None if donors is None
@@ -241,7 +241,7 @@ class Model:
         square = d if covs.ndim == 2 else d * d
         batch = max(1, min(GRAD_BATCH // n_draws,
                            (1 << 24) // (max(len(weights), conditional.N_PROPOSALS) * square)))
-        moves = self._impute_moves(generator)
+        moves = self._impute_moves(net, generator)
 
         def chunk(a: int, b: int) -> np.ndarray:
             x = torch.as_tensor(Z[a:b], dtype=torch.float64, device=self.device)
@@ -258,11 +258,12 @@ class Model:
 
         return fill_in_chunks(np.empty_like(Z), batch, chunk)
 
-    def _impute_moves(self, generator: torch.Generator):
+    def _impute_moves(self, net: torch.nn.Module, generator: torch.Generator):
         """What moves imputation's chain starts before MALA (``None``: nothing)."""
         return None
 
-    def _impute_mixture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _impute_mixture(self, net: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor,
+                                                              torch.Tensor]:
         """Imputation's mixture proposal (means, covariances, weights): the annealing base."""
         base = self.annealing_base(0.0, torch.float64)
         covs = base.chol.pow(2) if base.diagonal else base.chol @ base.chol.mT
@@ -347,11 +348,13 @@ class LadderModel(Model):
             generator=generator, resample=False, callback=callback)
         return partition.estimate_from_log_weights(result.log_weights)
 
-    def _impute_mixture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _impute_mixture(self, net: AtNoiseLevel) -> tuple[torch.Tensor, torch.Tensor,
+                                                          torch.Tensor]:
         """The model's own envelope at the narrowest level, where it has a mixture one."""
-        net = self._frozen(torch.float64)
+        level = net
+        net = level.energy  # the frozen E(x, σ) behind the narrowest level's view
         if net.envelope_std is None or not net.directions.numel():
-            return super()._impute_mixture()
+            return super()._impute_mixture(level)
         d, s2 = len(self.base_mean), float(self.levels[0]) ** 2
         u = net.directions
         eye = torch.eye(d, dtype=u.dtype, device=u.device)
@@ -359,7 +362,7 @@ class LadderModel(Model):
                 + net.residual_variance[:, None, None] * (eye - u @ u.mT) + s2 * eye)
         return net.center, covs, net.log_weights.exp()
 
-    def _impute_moves(self, generator: torch.Generator):
+    def _impute_moves(self, net: AtNoiseLevel, generator: torch.Generator):
         """Anneal the starts down the ladder from the data's scale (``IMPUTE_TOP``).
 
         Each start is noised to the highest level at most ``IMPUTE_TOP`` (standardised
@@ -371,7 +374,7 @@ class LadderModel(Model):
         levels = [float(s) for s in self.levels if s <= IMPUTE_TOP][::-1]  # descending
         if len(levels) < 2:
             return None
-        energy = self._frozen(torch.float64)
+        energy = net.energy
 
         def move(start: torch.Tensor, x: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
             noise = torch.randn(start.shape, generator=generator, dtype=start.dtype,

@@ -292,9 +292,13 @@ class ProposalMixture:
         """Which coordinates are missing."""
         return self.parts[0].missing
 
+    def _shares(self, n_draws: int) -> list[int]:
+        """How many of ``n_draws`` draws each part gives (as equal as they can be)."""
+        return [len(c) for c in torch.arange(n_draws).tensor_split(len(self.parts))]
+
     def sample(self, n_draws: int, generator: torch.Generator) -> torch.Tensor:
         """``n_draws`` draws per row, ``(n, n_draws, d)``: an equal share from each part."""
-        shares = [len(c) for c in torch.arange(n_draws).tensor_split(len(self.parts))]
+        shares = self._shares(n_draws)
         return torch.cat([p.sample(s, generator) for p, s in zip(self.parts, shares,
                                                                  strict=True) if s], dim=1)
 
@@ -304,7 +308,7 @@ class ProposalMixture:
         Each part weighs its share of the ``D`` draws (equal shares when ``D`` is a
         multiple of the number of parts).
         """
-        shares = [len(c) for c in torch.arange(y.shape[1]).tensor_split(len(self.parts))]
+        shares = self._shares(y.shape[1])
         parts = torch.stack([p.log_prob(y) + math.log(s / y.shape[1])
                              for p, s in zip(self.parts, shares, strict=True) if s])
         return torch.logsumexp(parts, dim=0)
