@@ -30,6 +30,7 @@ import torch.distributed as dist
 from skdcd._utils import cpu_count
 
 TIMEOUT = datetime.timedelta(minutes=10)  # a collective that waits longer fails
+LEAVE_TIMEOUT = datetime.timedelta(hours=6)  # rank 0 may still estimate log Z and save
 
 
 def world() -> tuple[int, int]:
@@ -138,10 +139,27 @@ def _worker(rank: int, fn: Callable[..., Any], nproc: int, port: int, backend: s
     if "OMP_NUM_THREADS" not in os.environ:  # the cores shared out, as joblib's workers do
         torch.set_num_threads(max(1, cpu_count() // nproc))
     dist.init_process_group(backend, rank=rank, world_size=nproc, timeout=TIMEOUT)
+    run_and_leave(fn, *args)
+
+
+def run_and_leave(fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn(*args)`` in an initialised process group, then leave it with every rank.
+
+    After a successful Gloo run the ranks meet at a barrier before the group is destroyed:
+    a Gloo process whose peers have already torn their connections down can abort
+    (SIGABRT) in its own teardown. The barrier waits up to ``LEAVE_TIMEOUT`` for rank 0's
+    work after the fit (log Z, saving); NCCL's barrier would be bound by ``TIMEOUT``, so
+    NCCL ranks leave at once, as before. After a failure the group is destroyed at once
+    (the launcher stops the peers, or they fail at their next collective).
+    """
     try:
         fn(*args)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    if dist.get_backend() == "gloo":
+        dist.monitored_barrier(timeout=LEAVE_TIMEOUT)
+    dist.destroy_process_group()
 
 
 def launch(fn: Callable[..., Any], nproc: int, args: tuple = (), *,

@@ -245,10 +245,7 @@ def _fit(args: argparse.Namespace) -> int:
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=distributed.TIMEOUT)
-        try:
-            _fit_process(args)
-        finally:
-            dist.destroy_process_group()
+        distributed.run_and_leave(_fit_process, args)
         return 0
     _fit_process(args)
     return 0

@@ -140,6 +140,29 @@ def test_a_failing_process_stops_the_others_with_a_clear_error(tmp_path, target,
     assert time.perf_counter() - start < 120  # stopped, not waiting for the 10-min timeout
 
 
+def _linger_on_rank_zero(out: str) -> None:
+    """Rank 0 works on after the others are done; every rank notes when it leaves."""
+    rank, _ = distributed.world()
+    destroy = dist.destroy_process_group
+
+    def noted(*args, **kwargs):
+        open(os.path.join(out, f"left{rank}"), "w").write(repr(time.time()))
+        return destroy(*args, **kwargs)
+
+    dist.destroy_process_group = noted  # in this spawned process only
+    if rank == 0:  # as the CLI's rank 0 estimates log Z and saves
+        time.sleep(1.0)
+        open(os.path.join(out, "done0"), "w").write(repr(time.time()))
+
+
+def test_no_rank_tears_down_while_another_still_works(tmp_path):
+    # regression: a Gloo rank that left early could make its peer abort (SIGABRT) mid-teardown
+    distributed.launch(_linger_on_rank_zero, 2, (str(tmp_path),), backend="gloo")
+    done = float((tmp_path / "done0").read_text())
+    assert float((tmp_path / "left1").read_text()) >= done
+    assert float((tmp_path / "left0").read_text()) >= done
+
+
 def _fit_own_rows(out: str) -> None:
     rank, _ = distributed.world()
     X = make_toy("two_moons", 100, random_state=rank)
