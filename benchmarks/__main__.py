@@ -5,6 +5,10 @@ Each section writes ``<out>/<section>.json`` (settings, seeds, versions, rows); 
 so sections can be run separately and ``python -m benchmarks report`` redraws it. The full
 run writes into ``benchmarks/`` (committed); ``--quick`` into ``benchmarks/quick/``
 (ignored by git) with tiny budgets that only check that everything runs.
+
+Finished fits are journaled in ``<out>/results/.journal/<section>/`` as they end (with
+progress printed): a stopped section, run again with unchanged code, runs only the fits it
+had not finished. The journal is removed when the section completes.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import importlib
 import time
 from pathlib import Path
 
-from benchmarks.common import HERE, merge_models, meta, read_json, write_json
+from benchmarks.common import HERE, journal, merge_models, meta, read_json, write_json
 from benchmarks.report import SECTIONS, write_report
 
 MODEL_SECTIONS = ("digits", "highdim")  # sections whose run() takes models=[...]
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         kwargs = {"experiments": args.experiments} if name == "density" and args.experiments else {}
         if name in MODEL_SECTIONS and args.models:
             kwargs = {"models": args.models}
-        result = module.run(quick=args.quick, seeds=seeds, n_jobs=args.jobs, **kwargs)
+        with journal(out / "results" / ".journal" / name):  # a stopped run resumes
+            result = module.run(quick=args.quick, seeds=seeds, n_jobs=args.jobs, **kwargs)
         seconds = time.perf_counter() - start
         result = {"meta": {**meta(), "quick": args.quick, "section_seconds": seconds}, **result}
         path = out / "results" / f"{name}.json"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import platform
+import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -120,14 +123,111 @@ def _one_thread_call(fn: Callable, kwargs: dict):
 
 
 def parallel_map(fn: Callable, jobs: Iterable[dict], n_jobs: int) -> list:
-    """Run ``fn(**kwargs)`` for each kwargs, ``n_jobs`` processes of one thread each."""
+    """Run ``fn(**kwargs)`` for each kwargs, ``n_jobs`` processes of one thread each.
+
+    Inside :func:`journal`, every finished job is recorded, jobs recorded by the same code
+    are not run again, and progress is printed as jobs finish.
+    """
     from joblib import Parallel, delayed
 
     jobs = list(jobs)
+    done = {i: r for i, r in enumerate(_JOURNAL.recall(fn, kw) for kw in jobs)
+            if r is not _MISSING} if _JOURNAL else {}
+    todo = [i for i in range(len(jobs)) if i not in done]
+    start = time.perf_counter()
+    if _JOURNAL and done:
+        print(f"[benchmarks] {len(done)}/{len(jobs)} jobs recalled from {_JOURNAL.folder}",
+              flush=True)
+
+    def finished(i: int, result) -> None:
+        done[i] = result
+        if _JOURNAL:
+            _JOURNAL.record(fn, jobs[i], result)
+            print(f"[benchmarks] {len(done)}/{len(jobs)} jobs done "
+                  f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+
     if n_jobs == 1:
-        return [_one_thread_call(fn, kw) for kw in jobs]
-    return Parallel(n_jobs=n_jobs, backend="loky", verbose=0)(
-        delayed(_one_thread_call)(fn, kw) for kw in jobs)
+        for i in todo:
+            finished(i, _one_thread_call(fn, jobs[i]))
+    else:
+        for i, result in Parallel(n_jobs=n_jobs, backend="loky", verbose=0,
+                                  return_as="generator_unordered")(
+                delayed(_indexed_call)(fn, i, jobs[i]) for i in todo):
+            finished(i, result)
+    return [done[i] for i in range(len(jobs))]
+
+
+def _indexed_call(fn: Callable, index: int, kwargs: dict) -> tuple:
+    return index, _one_thread_call(fn, kwargs)
+
+
+_MISSING = object()
+
+
+class _Journal:
+    """Finished jobs of one section, one pickle each, keyed by the code and the job."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.code = _code_fingerprint()
+
+    def _path(self, fn: Callable, kwargs: dict) -> Path:
+        job = json.dumps([fn, kwargs], sort_keys=True, default=_job_part)
+        return self.folder / (hashlib.sha1((self.code + job).encode()).hexdigest() + ".pkl")
+
+    def recall(self, fn: Callable, kwargs: dict):
+        import joblib
+
+        path = self._path(fn, kwargs)
+        return joblib.load(path) if path.exists() else _MISSING
+
+    def record(self, fn: Callable, kwargs: dict, result) -> None:
+        import joblib
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(fn, kwargs)
+        joblib.dump(result, path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)  # a killed run leaves no half record
+
+
+def _job_part(value) -> str:
+    """A stable text for what JSON cannot hold: arrays by content, functions by name."""
+    if isinstance(value, np.ndarray):
+        return f"array {value.dtype} {value.shape} " + hashlib.sha1(
+            np.ascontiguousarray(value).tobytes()).hexdigest()
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
+_JOURNAL: _Journal | None = None
+
+
+@contextlib.contextmanager
+def journal(folder: Path) -> Iterator[None]:
+    """Record the finished jobs of :func:`parallel_map` in ``folder`` within the block.
+
+    A run that is stopped keeps its finished jobs: run it again (same code: ``skdcd/`` and
+    ``benchmarks/`` unchanged) and only the rest run. The folder is removed when the block
+    completes.
+    """
+    global _JOURNAL
+    _JOURNAL = _Journal(folder)
+    try:
+        yield
+    finally:
+        _JOURNAL = None
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _code_fingerprint() -> str:
+    """A hash of every Python file of the package and of the benchmark suite."""
+    digest = hashlib.sha1()
+    for root in (HERE.parent / "skdcd", HERE):
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(HERE.parent)).encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def merge_models(old: dict, new: dict) -> dict:

@@ -7,6 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from benchmarks import common
 from benchmarks.__main__ import _merge_experiments
 from benchmarks.common import merge_models, same_package_code, spread, write_json
 from benchmarks.digits import generation_excess
@@ -116,6 +117,32 @@ def test_merge_adds_new_seeds_and_keeps_the_old_ones():
     assert set(again["runs"]) == {"variants seeds 0", "variants seeds 1 2", "default seeds 0 1"}
     assert again["runs"]["variants seeds 0"]["commit"] == "y"
     assert len([r for r in again["rows"] if r["experiment"] == "variants"]) == 3
+
+
+def _job(a, rows):
+    return {"a": a, "sum": float(rows.sum()), "missing": float("nan")}
+
+
+def test_a_stopped_run_resumes_from_its_journal(tmp_path):
+    jobs = [dict(a=i, rows=np.arange(5.0) * i) for i in range(3)]
+    folder = tmp_path / "journal"
+    with pytest.raises(KeyboardInterrupt), common.journal(folder):
+        first = common.parallel_map(_job, jobs, 1)
+        raise KeyboardInterrupt  # stopped after its jobs finished
+    assert len(list(folder.glob("*.pkl"))) == 3
+    calls = []
+
+    def counted(a, rows):
+        calls.append(a)
+        return _job(a, rows)
+
+    counted.__module__, counted.__qualname__ = _job.__module__, _job.__qualname__
+    changed = dict(a=1, rows=np.arange(5.0) * 7)  # same settings, other data: runs again
+    with common.journal(folder):
+        again = common.parallel_map(counted, [*jobs, changed], 1)
+    assert calls == [1]
+    assert [r["sum"] for r in again] == [r["sum"] for r in first] + [70.0]
+    assert not folder.exists()  # a completed run leaves no journal
 
 
 def test_every_density_experiment_runs_every_seed():
