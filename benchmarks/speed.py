@@ -11,6 +11,14 @@ Images: the default convolutional energy (``image_shape``) at batch 128 on 8×8 
 32×32 colour images, on the CPU and, where CUDA is available, on the GPU (with and without
 ``mixed_precision``). On a GPU machine ``python -m benchmarks.speed --images`` runs only this
 part.
+
+Profile: where a step's time goes, by the parts that the objectives and the training step
+label for :mod:`torch.profiler` (``skdcd.proposals``, ``skdcd.backward``, ...), for the
+default DCD step and CD-10 on 2-D and 64-D rows and for the image model's default; the rest
+of the step (Python, minibatch indexing, the schedule, the progress bar) is ``other``. The
+profiler's own cost inflates every part, so the parts are reported as shares of the
+profiled step, beside the unprofiled milliseconds per step. ``python -m benchmarks.speed
+--profile`` runs only this part.
 """
 
 from __future__ import annotations
@@ -126,6 +134,63 @@ def measure_overhead(X, steps: int, rounds: int) -> list[float]:
     return ratios
 
 
+PROFILED = {  # (label, estimator, its parameters, n_features)
+    "dcd 2-D": (DCDEnergyEstimator, {}, 2),
+    "cd-10 2-D": (CDEnergyEstimator, {}, 2),
+    "dcd 64-D": (DCDEnergyEstimator, {}, 64),
+    "cd-10 64-D": (CDEnergyEstimator, {}, 64),
+    "dcd-time-conditional 1×8×8": (DCDEnergyEstimator, {"image_shape": (1, 8, 8),
+                                                        "batch_size": 128}, 64),
+}
+PARTS = ("noise", "proposals", "weights", "chains", "negatives", "positives", "guard",
+         "backward", "optimizer")
+
+
+def profile_step(cls, params, X, steps: int) -> dict:
+    """Milliseconds per step of each labelled part, and of the whole step, under the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = params.get("batch_size", 256)
+    n_epochs = max(1, steps * batch // len(X))
+    cls(max_iter=1, random_state=0, **params).fit(X)  # warm-up
+    est = cls(max_iter=n_epochs, random_state=0, **params)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        est.fit(X)
+    # the steps' time only (``skdcd.step``), not fit's set-up or log Z
+    parts = {e.key[len("skdcd."):]: e.cpu_time_total / 1e3 / est.t_
+             for e in prof.key_averages() if e.key.startswith("skdcd.")}
+    return dict(step_ms=parts.pop("step"), parts=parts, steps=int(est.t_))
+
+
+def run_profile(quick: bool) -> list[dict]:
+    """:func:`profile_step` of each of ``PROFILED``, with its unprofiled ms per step."""
+    rows = []
+    for name, (cls, params, d) in PROFILED.items():
+        X = np.random.RandomState(0).rand(4096 if "image_shape" in params else 10240, d)
+        steps = 4 if quick else 60
+        profiled = profile_step(cls, params, X, steps)
+        plain = [time_fit(cls, params, X, steps) for _ in range(1 if quick else 3)]
+        rows.append(dict(method=name, **profiled, ms_per_step=1e3 * float(np.median(plain))))
+    return rows
+
+
+def _profile_report(result: dict) -> list[str]:
+    rows = result.get("profile")
+    if not rows:
+        return []
+    table = []
+    for r in rows:
+        whole = r["step_ms"]
+        cells = [f"{100 * r['parts'][p] / whole:.0f} %" if p in r["parts"] else "—"
+                 for p in PARTS]
+        table.append([r["method"], f"{r['ms_per_step']:.1f}", *cells,
+                      f"{100 * (1 - sum(r['parts'].values()) / whole):.0f} %"])
+    return ["Where a step's time goes: shares of the profiled step (`torch.profiler` on the "
+            "parts that the code labels, one epoch of at least 32 steps; `other` is the rest "
+            "of the step: the loss's sum, its value, Python):", "",
+            md_table(["method", "ms/step (unprofiled)", *PARTS, "other"], table), ""]
+
+
 def run_images(quick: bool) -> list[dict]:
     """Per-step times of the convolutional energy at batch 128, on each available device."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -170,7 +235,8 @@ def run(*, quick: bool, seeds: list[int], n_jobs: int) -> dict:
                     n_rows=10240,
                     threads=torch.get_num_threads(),
                     gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
-    return dict(settings=settings, rows=rows, images=run_images(quick))
+    return dict(settings=settings, rows=rows, images=run_images(quick),
+                profile=run_profile(quick))
 
 
 def report(result: dict, fig_dir: Path) -> str:
@@ -194,7 +260,7 @@ def report(result: dict, fig_dir: Path) -> str:
         "Estimator overhead (`fit` of DCD ÷ bare loop; median of "
         f"{settings.get('overhead_rounds', settings['repeats'])} rounds of fit, bare, bare, "
         "fit): " + "; ".join(over) + ".", "",
-        *_image_report(result)])
+        *_image_report(result), *_profile_report(result)])
 
 
 def _image_report(result: dict) -> list[str]:
@@ -219,7 +285,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--images", action="store_true", help="only the image energies")
+    parser.add_argument("--profile", action="store_true", help="only the step's breakdown")
     args = parser.parse_args()
+    if args.profile:
+        rows = run_profile(args.quick)
+        path = Path(__file__).with_name("results") / "speed.json"
+        if not args.quick and path.exists():  # the breakdown joins the section's results
+            from benchmarks.common import read_json
+            result = read_json(path)
+            write_json(path, {**result, "profile": rows,
+                              "meta": {**result["meta"], "profile": meta()}})
+        print("\n".join(_profile_report({"profile": rows})))
+        return
     if args.images:
         rows = run_images(args.quick)
         print(_image_report({"images": rows, "settings": {

@@ -17,6 +17,9 @@ and differ in the negatives ``x_neg`` (``DESIGN.md`` §1):
   ``E(x, σ)``: positives at level ``σ``, negatives posterior samples given the level above.
 
 Energies here are in standardised units; ``net`` is the training module (maybe compiled).
+The parts of a step are labelled (``skdcd.noise``, ``skdcd.proposals``, ``skdcd.weights``,
+``skdcd.chains``, ``skdcd.negatives``, ``skdcd.positives``, ``skdcd.guard``) for
+:mod:`torch.profiler`; ``benchmarks/speed.py`` breaks a step down by them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
+from torch.profiler import record_function as part
 
 from skdcd import diffusion as diff
 from skdcd import samplers
@@ -131,7 +135,8 @@ class ContrastiveObjective(ABC):
         e_pos = e_pos.float()
         loss = e_pos.mean() - neg_mean.float() + self.energy_reg * square.float()
         if self.well is not None:
-            loss = loss + self.well(net, x_pos, e_pos, generator)
+            with part("skdcd.guard"):
+                loss = loss + self.well(net, x_pos, e_pos, generator)
         return loss
 
     @abstractmethod
@@ -157,7 +162,8 @@ class _MarginalObjective(ContrastiveObjective):
 
     def terms(self, net: EnergyFn, x_pos: torch.Tensor, generator: torch.Generator) -> Terms:
         neg_mean, neg_sq = self.negative_energies(net, x_pos, generator)
-        e_pos = net(x_pos)  # (B,)
+        with part("skdcd.positives"):
+            e_pos = net(x_pos)  # (B,)
         return e_pos, neg_mean, e_pos.pow(2).mean() + neg_sq
 
     @abstractmethod
@@ -206,8 +212,9 @@ class CDObjective(_MarginalObjective):
             start = self.buffer[idx].to(device)  # (B, d)
             restart = torch.rand((n, 1), generator=generator, device=device) < self.reinit_prob
             start = torch.where(restart, self._base_draw(n, generator, device), start)
-        x_neg = samplers.ula(net, start, n_steps=self.n_steps, step_size=self.step_size,
-                             generator=generator)
+        with part("skdcd.chains"):
+            x_neg = samplers.ula(net, start, n_steps=self.n_steps, step_size=self.step_size,
+                                 generator=generator)
         if self.persistent:
             if self._undo is not None and not self._undrawn:
                 self._undo.append((idx, self.buffer[idx].clone()))
@@ -235,7 +242,9 @@ class CDObjective(_MarginalObjective):
 
     def negative_energies(self, net, x_pos, generator):
         """Mean and mean squared energy of :meth:`negatives`."""
-        e_neg = net(self.negatives(net, x_pos, generator).detach())  # (B,)
+        x_neg = self.negatives(net, x_pos, generator).detach()
+        with part("skdcd.negatives"):
+            e_neg = net(x_neg)  # (B,)
         return e_neg.mean(), e_neg.pow(2).mean()
 
 
@@ -274,29 +283,34 @@ class PosteriorNegatives:
         ``start`` is where chains start (default ``x_t / α``).
         """
         if self.sampler != "importance":
-            e_neg = energy_fn(self.draw(energy_fn, x_t, alpha, sigma, generator, start,
-                                        data).detach())  # (B,)
+            with part("skdcd.chains"):
+                x_neg = self.draw(energy_fn, x_t, alpha, sigma, generator, start, data).detach()
+            with part("skdcd.negatives"):
+                e_neg = energy_fn(x_neg)  # (B,)
             return e_neg.mean(), e_neg.pow(2).mean()
-        proposals, log_ratio = samplers.laplace_proposals(
-            energy_fn, x_t, alpha, sigma, n_proposals=self.n_proposals, generator=generator,
-            data=data)  # (B, M, d), (B, M)
+        with part("skdcd.proposals"):
+            proposals, log_ratio = samplers.laplace_proposals(
+                energy_fn, x_t, alpha, sigma, n_proposals=self.n_proposals,
+                generator=generator, data=data)  # (B, M, d), (B, M)
         batch, n_prop, d = proposals.shape
         flat = proposals.reshape(batch * n_prop, d)
         if self.n_negatives is None:
             # Σ_j w_j E(x'_j), w = softmax(-E - log r/N): one forward pass gives both
-            energies = energy_fn(flat).reshape(batch, n_prop)
+            with part("skdcd.negatives"):
+                energies = energy_fn(flat).reshape(batch, n_prop)
             weights = samplers.importance_weights(energies + log_ratio)  # detached
             return ((weights * energies).sum(dim=1).mean(),
                     (weights * energies.pow(2)).sum(dim=1).mean())
         # the weights need only a forward pass; K systematic draws keep Σ_j w_j E(x'_j) in
         # expectation, and a proposal of weight w is drawn ⌊K w⌋ times at least
-        with torch.no_grad():
+        with part("skdcd.weights"), torch.no_grad():
             energies = energy_fn(flat).reshape(batch, n_prop)
-        weights = samplers.importance_weights(energies + log_ratio)
-        pick = samplers.systematic_resample(weights.log(), generator,
-                                            n_draws=self.n_negatives)  # (B, K)
+            weights = samplers.importance_weights(energies + log_ratio)
+            pick = samplers.systematic_resample(weights.log(), generator,
+                                                n_draws=self.n_negatives)  # (B, K)
         rows = torch.arange(batch, device=x_t.device).unsqueeze(1)
-        e_neg = energy_fn(proposals[rows, pick].reshape(-1, d))  # (B K,) in row blocks
+        with part("skdcd.negatives"):
+            e_neg = energy_fn(proposals[rows, pick].reshape(-1, d))  # (B K,) in row blocks
         return e_neg.mean(), e_neg.pow(2).mean()
 
     def draw(self, energy_fn: EnergyFn, x_t: torch.Tensor, alpha: torch.Tensor,
@@ -345,7 +359,8 @@ class DCDObjective(_MarginalObjective):
 
     def negative_energies(self, net, x_pos, generator):
         """Mean and mean squared energy of posterior negatives given the diffused batch."""
-        x_t, alpha, sigma = self.noised(x_pos, generator)
+        with part("skdcd.noise"):
+            x_t, alpha, sigma = self.noised(x_pos, generator)
         # the batch's rows lend proposals that reach narrow modes at the wide levels
         data = x_pos if self.data_proposals else None
         return self.posterior.energies(net, x_t, alpha, sigma, generator, data=data)
@@ -382,19 +397,22 @@ class LadderObjective(ContrastiveObjective):
                        dtype=x_pos.dtype)
         sigma = low * (high / low) ** u  # (B, 1)
         sigma_up = sigma * (self.levels[1] / self.levels[0])  # (B, 1)
-        x_i = diff.perturb(x_pos, torch.ones_like(sigma), sigma, generator=generator)
-        delta = torch.sqrt(sigma_up**2 - sigma**2)  # (B, 1) kernel from level i to i + 1
-        x_up = diff.perturb(x_i, torch.ones_like(sigma), delta, generator=generator)
+        with part("skdcd.noise"):
+            x_i = diff.perturb(x_pos, torch.ones_like(sigma), sigma, generator=generator)
+            delta = torch.sqrt(sigma_up**2 - sigma**2)  # (B, 1) kernel from level i to i + 1
+            x_up = diff.perturb(x_i, torch.ones_like(sigma), delta, generator=generator)
 
         def energy_fn(x: torch.Tensor) -> torch.Tensor:  # E(·, σ_i); proposals come in blocks
             return net(x, sigma.repeat_interleave(x.shape[0] // sigma.shape[0], dim=0))
 
         start = None
         if self.posterior.sampler in ("langevin", "mala"):
-            start = self._chain_start(net, x_up, sigma, sigma_up, delta, generator)
+            with part("skdcd.chains"):
+                start = self._chain_start(net, x_up, sigma, sigma_up, delta, generator)
         neg_mean, neg_sq = self.posterior.energies(energy_fn, x_up, torch.ones_like(delta),
                                                    delta, generator, start=start)
-        e_pos = energy_fn(x_i)  # (B,)
+        with part("skdcd.positives"):
+            e_pos = energy_fn(x_i)  # (B,)
         # the spread of E over the diffused data is about sqrt(d / 2) at every level, and a
         # level's DCD moves with it while the penalty grows with its square: dividing keeps
         # energy_reg's pull against the fit the same in every dimension

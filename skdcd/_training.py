@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+from torch.profiler import record_function
 
 from skdcd import _distributed as distributed
 from skdcd._progress import ProgressBar
@@ -119,15 +120,9 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings, epoch * n_batches + b, total_steps)
                 index, weight = parts[b]
-                with autocast:
-                    loss = objective(forward, Z[index], noise)
-                if weight is not None:  # this rank's share of the minibatch's mean
-                    loss = loss * weight
-                    loss_value = float(distributed.all_reduce_sum(loss))
-                else:
-                    loss_value = float(loss.detach())
-                diverged = not (math.isfinite(loss_value) and _step(
-                    net, optimizer, loss, settings.max_grad_norm, reduce=size > 1))
+                loss_value = train_step(net, forward, objective, optimizer, Z[index], weight,
+                                        noise, autocast, settings.max_grad_norm)
+                diverged = loss_value is None
                 if diverged:
                     net.load_state_dict(snapshot[0])
                     optimizer.load_state_dict(snapshot[1])
@@ -153,6 +148,28 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
     return diverged
 
 
+def train_step(net: torch.nn.Module, forward, objective, optimizer: torch.optim.Optimizer,
+               x: torch.Tensor, weight: float | None, generator: torch.Generator, autocast,
+               max_grad_norm: float | None) -> float | None:
+    """One optimizer step on the minibatch ``x``: its loss, or None where it diverged.
+
+    ``forward`` is the module the objective calls (``net`` itself or a compiled view);
+    ``weight``, this rank's share of a distributed minibatch (None: not distributed).
+    """
+    with record_function("skdcd.step"):
+        with autocast:
+            loss = objective(forward, x, generator)
+        if weight is not None:  # this rank's share of the minibatch's mean
+            loss = loss * weight
+            loss_value = float(distributed.all_reduce_sum(loss))
+        else:
+            loss_value = float(loss.detach())
+        if not (math.isfinite(loss_value) and _step(net, optimizer, loss, max_grad_norm,
+                                                    reduce=weight is not None)):
+            return None
+        return loss_value
+
+
 def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
           max_grad_norm: float | None, *, reduce: bool = False) -> bool:
     """Back-propagate ``loss`` and step, unless the gradient is not finite (then False).
@@ -160,12 +177,14 @@ def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Te
     ``reduce``: sum the gradients over the ranks of the process group first.
     """
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    with record_function("skdcd.backward"):
+        loss.backward()
     if reduce:
         distributed.all_reduce_gradients(net)
-    if not math.isfinite(float(_grad_norm(net, max_grad_norm))):
-        return False
-    optimizer.step()
+    with record_function("skdcd.optimizer"):
+        if not math.isfinite(float(_grad_norm(net, max_grad_norm))):
+            return False
+        optimizer.step()
     return True
 
 

@@ -19,6 +19,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 NOISE_FEATURES = 32  # width of the sinusoidal embedding of log σ
+# rows per block of a CPU pass without autograd: one pass over ~10^4 rows ran up to twice
+# as slow as blocks whose activations stay in cache (benchmarks/speed.py)
+CPU_BLOCK_ROWS = 2048
 
 
 def noise_embedding(sigma: torch.Tensor, n_features: int = NOISE_FEATURES) -> torch.Tensor:
@@ -154,6 +157,14 @@ class MLPEnergy(nn.Module):
         """
         biases = _check_sigma(self.film, x, sigma)
         x = x * self.input_gain.to(x.dtype)
+        if x.shape[0] > CPU_BLOCK_ROWS and x.device.type == "cpu" and not torch.is_grad_enabled():
+            return torch.cat([
+                self._layers(x[a:a + CPU_BLOCK_ROWS],
+                             None if biases is None else [b[a:a + CPU_BLOCK_ROWS] for b in biases])
+                for a in range(0, x.shape[0], CPU_BLOCK_ROWS)])
+        return self._layers(x, biases)
+
+    def _layers(self, x: torch.Tensor, biases: list[torch.Tensor] | None) -> torch.Tensor:
         if biases is None:
             return self.net(x).squeeze(-1)
         h = x

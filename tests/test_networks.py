@@ -26,6 +26,26 @@ def test_mlp_first_layer_sees_the_input_times_its_gain(conditional):
     assert MLPEnergy(2).input_gain == 3.0 and MLPEnergy(64).input_gain == 1.0  # the default
 
 
+@pytest.mark.parametrize("conditional", [False, True])
+def test_a_large_pass_without_autograd_in_blocks_gives_the_same_energies(conditional):
+    from skdcd import networks
+
+    torch.manual_seed(0)
+    net = MLPEnergy(3, (16, 16), noise_conditional=conditional)
+    torch.nn.init.normal_(net.net[-1].weight)  # a conditional net starts with a zero output
+    n = 2 * networks.CPU_BLOCK_ROWS + 5  # three blocks, the last a partial one
+    x = torch.randn(n, 3)
+    sigma = torch.rand(n, 1) + 0.1 if conditional else None
+    whole = net(x, sigma)  # with autograd: one pass
+    with torch.no_grad():
+        blocked = net(x, sigma)
+    assert blocked.shape == (n,)
+    torch.testing.assert_close(blocked, whole.detach(), rtol=1e-5, atol=1e-6)
+    if conditional:  # sigma's shape is checked before the rows are split
+        with pytest.raises(ValueError, match="sigma of shape"), torch.no_grad():
+            net(x, sigma[:5])
+
+
 def test_an_mlp_pickled_before_the_input_gain_unpickles_with_a_gain_of_one():
     torch.manual_seed(0)
     net = MLPEnergy(2, (8,))
