@@ -19,6 +19,10 @@ of the step (Python, minibatch indexing, the schedule, the progress bar) is ``ot
 profiler's own cost inflates every part, so the parts are reported as shares of the
 profiled step, beside the unprofiled milliseconds per step. ``python -m benchmarks.speed
 --profile`` runs only this part.
+
+On a machine with a GPU, ``python -m benchmarks.speed --gpu`` (a few minutes) times every
+tabular method on 2-D and 64-D rows (batch 256 and 4,096) and the image energies on the
+GPU, and prints the tables; nothing is written.
 """
 
 from __future__ import annotations
@@ -166,7 +170,8 @@ def run_profile(quick: bool) -> list[dict]:
     """:func:`profile_step` of each of ``PROFILED``, with its unprofiled ms per step."""
     rows = []
     for name, (cls, params, d) in PROFILED.items():
-        X = np.random.RandomState(0).rand(4096 if "image_shape" in params else 10240, d)
+        n = 512 if quick else (4096 if "image_shape" in params else 10240)
+        X = np.random.RandomState(0).rand(n, d)
         steps = 4 if quick else 60
         profiled = profile_step(cls, params, X, steps)
         plain = [time_fit(cls, params, X, steps) for _ in range(1 if quick else 3)]
@@ -186,9 +191,32 @@ def _profile_report(result: dict) -> list[str]:
         table.append([r["method"], f"{r['ms_per_step']:.1f}", *cells,
                       f"{100 * (1 - sum(r['parts'].values()) / whole):.0f} %"])
     return ["Where a step's time goes: shares of the profiled step (`torch.profiler` on the "
-            "parts that the code labels, one epoch of at least 32 steps; `other` is the rest "
+            "parts that the code labels, over one epoch; `other` is the rest "
             "of the step: the loss's sum, its value, Python):", "",
             md_table(["method", "ms/step (unprofiled)", *PARTS, "other"], table), ""]
+
+
+def run_tabular(device: str, quick: bool, methods=tuple(METHODS)) -> list[dict]:
+    """Per-step times of the tabular ``methods`` on ``device``, batch 256 and 4,096."""
+    rows = []
+    for d in (2, 64):
+        X = np.random.RandomState(0).randn(1024 if quick else 16384, d)
+        for batch in (256, 4096):
+            for name in methods:
+                cls, params = METHODS[name]
+                params = dict(params, batch_size=batch, device=device)
+                sec = time_fit(cls, params, X, 4 if quick else 100)
+                rows.append(dict(method=name, n_features=d, batch_size=batch, device=device,
+                                 seconds_per_step=sec, steps_per_second=1 / sec))
+    return rows
+
+
+def _tabular_report(rows: list[dict]) -> list[str]:
+    table = [[r["method"], r["n_features"], r["batch_size"], r["device"],
+              f"{1000 * r['seconds_per_step']:.1f}", f"{r['steps_per_second']:.1f}"]
+             for r in rows]
+    return [md_table(["method", "features", "batch", "device", "ms/step", "steps/s"], table),
+            ""]
 
 
 def run_images(quick: bool) -> list[dict]:
@@ -286,7 +314,18 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--images", action="store_true", help="only the image energies")
     parser.add_argument("--profile", action="store_true", help="only the step's breakdown")
+    parser.add_argument("--gpu", action="store_true",
+                        help="every method and the image energies on the GPU (printed only)")
     args = parser.parse_args()
+    if args.gpu:
+        device = "cuda" if torch.cuda.is_available() else None
+        if device is None:
+            parser.error("--gpu needs a CUDA device")
+        print(f"GPU: {torch.cuda.get_device_name()}")
+        print("\n".join(_tabular_report(run_tabular(device, args.quick))))
+        print(_image_report({"images": run_images(args.quick), "settings": {
+            "gpu": torch.cuda.get_device_name()}}))
+        return
     if args.profile:
         rows = run_profile(args.quick)
         path = Path(__file__).with_name("results") / "speed.json"

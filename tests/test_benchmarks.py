@@ -145,6 +145,20 @@ def test_a_stopped_run_resumes_from_its_journal(tmp_path):
     assert not folder.exists()  # a completed run leaves no journal
 
 
+def test_the_gpu_timings_run_on_any_device_and_the_profile_names_every_part():
+    from benchmarks import speed
+
+    rows = speed.run_tabular("cpu", quick=True, methods=("dcd-importance", "cd-10"))
+    assert {(r["method"], r["n_features"], r["batch_size"]) for r in rows} == {
+        (m, d, b) for m in ("dcd-importance", "cd-10") for d in (2, 64) for b in (256, 4096)}
+    assert all(r["seconds_per_step"] > 0 for r in rows)
+    X = np.random.RandomState(0).rand(512, 2)
+    profiled = speed.profile_step(DCDEnergyEstimator, {}, X, 2)
+    assert {"proposals", "weights", "negatives", "positives", "backward", "optimizer"} <= set(
+        profiled["parts"]) <= set(speed.PARTS)
+    assert sum(profiled["parts"].values()) <= profiled["step_ms"]
+
+
 def test_every_density_experiment_runs_every_seed():
     from benchmarks.density import CURVE_STEPS, METHODS, ROBUST_GRID, ROBUST_TOYS, jobs
 
