@@ -90,6 +90,20 @@ def fit_one(*, toy: str, method: str, seed: int, experiment: str, steps: int | N
     return row
 
 
+def validation_gap(toy: str, seed: int, params: dict) -> float:
+    """NLL gap of ``DCDEnergyEstimator(**params)`` on validation rows of ``toy``.
+
+    For choosing settings: the validation rows are their own draw (seed ``2000 + seed``),
+    never the section's test rows (``1000 + seed``). E.g. ``[validation_gap(t, s,
+    {"n_proposals": 24, "n_negatives": 4}) for t in TOY_NAMES for s in (0, 1)]``.
+    """
+    density = load_toy(toy)
+    X = density.sample(N_TRAIN, random_state=seed)
+    X_val = density.sample(N_TEST, random_state=2000 + seed)
+    est = DCDEnergyEstimator(random_state=seed, **params).fit(X)
+    return -est.score(X_val) - density.nll(X_val)
+
+
 EXPERIMENTS = ("default", "variants", "curve", "robustness")
 
 
