@@ -20,6 +20,10 @@ profiler's own cost inflates every part, so the parts are reported as shares of 
 profiled step, beside the unprofiled milliseconds per step. ``python -m benchmarks.speed
 --profile`` runs only this part.
 
+Variants (``python -m benchmarks.speed --variants``): the default DCD step beside the same
+step with its importance weights computed in one pass (no CPU blocks, as before they were
+introduced), with fewer proposals and negatives, and CD-10, interleaved repeats.
+
 On a machine with a GPU, ``python -m benchmarks.speed --gpu`` (a few minutes) times every
 tabular method on 2-D and 64-D rows (batch 256 and 4,096) and the image energies on the
 GPU, and prints the tables; nothing is written.
@@ -190,10 +194,61 @@ def _profile_report(result: dict) -> list[str]:
                  for p in PARTS]
         table.append([r["method"], f"{r['ms_per_step']:.1f}", *cells,
                       f"{100 * (1 - sum(r['parts'].values()) / whole):.0f} %"])
+    meta = result.get("meta", {}).get("profile", {})
     return ["Where a step's time goes: shares of the profiled step (`torch.profiler` on the "
             "parts that the code labels, over one epoch; `other` is the rest "
-            "of the step: the loss's sum, its value, Python):", "",
+            "of the step: the loss's sum, its value, Python"
+            + (f"; commit {meta['commit']}, {meta['date']}" if meta else "") + "):", "",
             md_table(["method", "ms/step (unprofiled)", *PARTS, "other"], table), ""]
+
+
+VARIANTS = {  # name: (estimator, parameters, CPU blocks of MLPEnergy's passes without autograd)
+    "dcd": (DCDEnergyEstimator, {}, True),
+    "dcd, one pass for the weights": (DCDEnergyEstimator, {}, False),
+    "dcd, 24 proposals, 4 negatives": (DCDEnergyEstimator,
+                                       {"n_proposals": 24, "n_negatives": 4}, True),
+    "dcd, 16 proposals, 2 negatives": (DCDEnergyEstimator,
+                                       {"n_proposals": 16, "n_negatives": 2}, True),
+    "cd-10": (CDEnergyEstimator, {}, True),
+}
+
+
+def run_variants(quick: bool) -> list[dict]:
+    """Milliseconds per step of ``VARIANTS``, medians of interleaved repeats (all threads)."""
+    from skdcd import networks
+
+    steps, repeats = (10, 1) if quick else (300, 3)
+    block = networks.CPU_BLOCK_ROWS
+    rows = []
+    try:
+        for d in (2, 64):
+            X = np.random.RandomState(0).randn(1024 if quick else 10240, d)
+            times = {name: [] for name in VARIANTS}
+            for _ in range(repeats):
+                for name, (cls, params, blocks) in VARIANTS.items():
+                    networks.CPU_BLOCK_ROWS = block if blocks else 1 << 62
+                    times[name].append(time_fit(cls, params, X, steps))
+            rows += [dict(method=name, n_features=d, seconds_per_step=float(np.median(v)),
+                          repeats=v) for name, v in times.items()]
+    finally:
+        networks.CPU_BLOCK_ROWS = block
+    return rows
+
+
+def _variants_report(result: dict) -> list[str]:
+    rows = result.get("variants")
+    if not rows:
+        return []
+    by = {(r["method"], r["n_features"]): r["seconds_per_step"] for r in rows}
+    table = [[name, *(f"{1000 * by[(name, d)]:.1f}" for d in (2, 64)),
+              *(f"{by[(name, d)] / by[('cd-10', d)]:.2f}" for d in (2, 64))]
+             for name in dict.fromkeys(r["method"] for r in rows)]
+    meta = result.get("meta", {}).get("variants", {})
+    return [f"Variants of the default step side by side (medians of {len(rows[0]['repeats'])} "
+            "interleaved repeats, batch 256, all threads"
+            + (f"; commit {meta['commit']}, {meta['date']}" if meta else "") + "):", "",
+            md_table(["method", "ms/step 2-D", "ms/step 64-D", "÷ CD-10 2-D", "÷ CD-10 64-D"],
+                     table), ""]
 
 
 def run_tabular(device: str, quick: bool, methods=tuple(METHODS)) -> list[dict]:
@@ -264,7 +319,7 @@ def run(*, quick: bool, seeds: list[int], n_jobs: int) -> dict:
                     threads=torch.get_num_threads(),
                     gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
     return dict(settings=settings, rows=rows, images=run_images(quick),
-                profile=run_profile(quick))
+                profile=run_profile(quick), variants=run_variants(quick))
 
 
 def report(result: dict, fig_dir: Path) -> str:
@@ -288,7 +343,7 @@ def report(result: dict, fig_dir: Path) -> str:
         "Estimator overhead (`fit` of DCD ÷ bare loop; median of "
         f"{settings.get('overhead_rounds', settings['repeats'])} rounds of fit, bare, bare, "
         "fit): " + "; ".join(over) + ".", "",
-        *_image_report(result), *_profile_report(result)])
+        *_image_report(result), *_profile_report(result), *_variants_report(result)])
 
 
 def _image_report(result: dict) -> list[str]:
@@ -314,6 +369,8 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--images", action="store_true", help="only the image energies")
     parser.add_argument("--profile", action="store_true", help="only the step's breakdown")
+    parser.add_argument("--variants", action="store_true",
+                        help="only the default step beside its variants")
     parser.add_argument("--gpu", action="store_true",
                         help="every method and the image energies on the GPU (printed only)")
     args = parser.parse_args()
@@ -326,15 +383,17 @@ def main():
         print(_image_report({"images": run_images(args.quick), "settings": {
             "gpu": torch.cuda.get_device_name()}}))
         return
-    if args.profile:
-        rows = run_profile(args.quick)
+    if args.profile or args.variants:
+        key, rows = (("profile", run_profile(args.quick)) if args.profile
+                     else ("variants", run_variants(args.quick)))
         path = Path(__file__).with_name("results") / "speed.json"
-        if not args.quick and path.exists():  # the breakdown joins the section's results
+        part = {key: rows, "meta": {key: meta()}}
+        if not args.quick and path.exists():  # the part joins the section's results
             from benchmarks.common import read_json
             result = read_json(path)
-            write_json(path, {**result, "profile": rows,
-                              "meta": {**result["meta"], "profile": meta()}})
-        print("\n".join(_profile_report({"profile": rows})))
+            part = {**result, key: rows, "meta": {**result["meta"], key: meta()}}
+            write_json(path, part)
+        print("\n".join(_profile_report(part) + _variants_report(part)))
         return
     if args.images:
         rows = run_images(args.quick)
