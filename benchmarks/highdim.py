@@ -319,7 +319,8 @@ def report(result: dict, fig_dir: Path) -> str:
     rows = result["rows"]
     settings = result["settings"]
     lines = report_head(SECTION, __doc__, _versions(result), targets(result))
-    methods = [m for m in settings["methods"] if any(r["method"] == m for r in rows)]
+    # every method with rows, reruns of new methods (--models) included
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     table = []
     for ds in settings["datasets"]:
         cells = []

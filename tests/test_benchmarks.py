@@ -336,6 +336,19 @@ def test_highdim_densities_match_scipy_and_sum_over_rotated_blocks():
 
 
 
+def test_highdim_report_shows_methods_that_a_rerun_added():
+    from benchmarks import highdim
+
+    rows = [dict(dataset="gaussian-8", method=m, seed=0, fit_seconds=1.0, gap_per_dim=g)
+            for m, g in (("dcd", 0.02), ("gmm", 0.0), ("dcd-env", 0.03))]
+    result = {"meta": {"commit": "abc"}, "rows": rows,
+              "settings": {"datasets": ["gaussian-8"], "methods": ["dcd", "gmm"]},
+              "runs": {"": {"commit": "abc"}, "dcd-env": {"commit": "def"}}}
+    header = [line for line in highdim.report(result, None).splitlines()
+              if line.startswith("| data |")]
+    assert header[0] == "| data | dcd | gmm | dcd-env |"  # the gap table's header
+
+
 def test_realdata_splits_are_disjoint_standardised_and_dequantised():
     from benchmarks.realdata import load
 
