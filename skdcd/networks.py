@@ -19,8 +19,8 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 NOISE_FEATURES = 32  # width of the sinusoidal embedding of log σ
-# rows per block of a CPU pass without autograd: one pass over ~10^4 rows ran up to twice
-# as slow as blocks whose activations stay in cache (benchmarks/speed.py)
+#: Rows per block when :class:`MLPEnergy` runs on the CPU without autograd: one pass over
+#: ~10^4 rows ran up to twice as slow as blocks whose activations stay in cache.
 CPU_BLOCK_ROWS = 2048
 
 
