@@ -108,10 +108,7 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
             n_run = min(n_batches, total_steps - epoch * n_batches)
             if n_run <= 0:
                 break
-            # the last state known to be finite: divergence rolls back to it
-            snapshot = (copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict()),
-                        state.t)
-            objective.checkpoint()
+            snapshot = _checkpoint(net, optimizer, objective, state)
             epoch_loss = 0.0
             perm = torch.randperm(n, generator=generator, device=device)
             parts = (distributed.parts(perm, n_batches) if size > 1 else
@@ -124,10 +121,7 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
                                         noise, autocast, settings.max_grad_norm)
                 diverged = loss_value is None
                 if diverged:
-                    net.load_state_dict(snapshot[0])
-                    optimizer.load_state_dict(snapshot[1])
-                    state.t = snapshot[2]
-                    objective.rollback()  # e.g. CD's replay buffer
+                    _rollback(net, optimizer, objective, state, snapshot)
                     break
                 epoch_loss += loss_value
                 state.t += 1
@@ -146,6 +140,23 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
         state.optimizer_state = _to_cpu(optimizer.state_dict())
         net.to("cpu").eval()
     return diverged
+
+
+def _checkpoint(net: torch.nn.Module, optimizer: torch.optim.Optimizer, objective,
+                state: FitState) -> tuple:
+    """The last state known to be finite (start of an epoch): divergence rolls back to it."""
+    snapshot = copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict()), state.t
+    objective.checkpoint()
+    return snapshot
+
+
+def _rollback(net: torch.nn.Module, optimizer: torch.optim.Optimizer, objective,
+              state: FitState, snapshot: tuple) -> None:
+    """Back to :func:`_checkpoint`'s state: weights, optimizer, step count, objective."""
+    net.load_state_dict(snapshot[0])
+    optimizer.load_state_dict(snapshot[1])
+    state.t = snapshot[2]
+    objective.rollback()  # e.g. CD's replay buffer
 
 
 def train_step(net: torch.nn.Module, forward, objective, optimizer: torch.optim.Optimizer,
