@@ -144,14 +144,26 @@ def laplace_proposals(
     curvature = ((grad - grad_step) * grad).sum(dim=1, keepdim=True) / along.clamp_min(1e-30)
     curvature = torch.nan_to_num(torch.where(along > 0, curvature, 0.0), nan=0.0,
                                  posinf=0.0).clamp_min(0.0)  # (n, 1)
-    var = var0 / (1 + var0 * curvature)  # (n, 1) the Laplace fit's variance
-    mean = centre - var * grad  # (n, d)
+    var = var0 / (1 + var0 * curvature)  # (n, 1) the Laplace fit's variance; mean m - v ∇E
     n_data = n_proposals // 3 if data is not None else 0
     n_kernel = (n_proposals - n_data) // 2
-    n_fit = n_proposals - n_data - n_kernel
-    kernel = gaussian_proposals(x_t, alpha, sigma, n_proposals=n_kernel, generator=generator)
-    noise = torch.randn((n, n_fit, d), generator=generator, device=x_t.device, dtype=x_t.dtype)
-    parts = [kernel, mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * noise]
+    n_gauss = n_proposals - n_data  # n_kernel from the kernel, then the fit's
+    # one draw for all parts, scaled in place; the Gaussian parts' squared distances to both
+    # centres follow from the draws' norms and their projections on ∇E: no pass over the
+    # (n, M, d) proposals per component, which cost more than the draws in 64-D
+    z = torch.randn((n, n_proposals, d), generator=generator, device=x_t.device,
+                    dtype=x_t.dtype)
+    z2 = torch.linalg.vector_norm(z[:, :n_gauss], dim=2).square()  # (n, G) ‖ξ‖²
+    zg = torch.bmm(z[:, :n_gauss], grad.unsqueeze(2)).squeeze(2)  # (n, G) ξ·∇E
+    shift2 = var.pow(2) * grad.pow(2).sum(dim=1, keepdim=True)  # ‖v ∇E‖², the fit's shift
+    fit_sd = var.sqrt()
+    k, f = slice(0, n_kernel), slice(n_kernel, n_gauss)
+    # kernel: x' = m + s ξ; fit: x' = m - v ∇E + √v ξ; squared distances to m and m - v ∇E
+    to_centre = [var0 * z2[:, k], var * z2[:, f] - 2 * var * fit_sd * zg[:, f] + shift2]
+    to_fit = [var0 * z2[:, k] + 2 * scale * var * zg[:, k] + shift2, var * z2[:, f]]
+    z[:, k].mul_(scale.unsqueeze(1))
+    z[:, f].mul_(fit_sd.unsqueeze(1)).sub_((var * grad).unsqueeze(1))
+    z[:, :n_gauss].add_(centre.unsqueeze(1))
     if n_data:
         # rows i of data drawn with π_ri ∝ N(x_t,r; α_r x_i, σ_r² I), one per proposal; given
         # the draw, the proposals follow an equal mixture around them, whose density costs
@@ -166,13 +178,16 @@ def laplace_proposals(
         pick = torch.multinomial(torch.softmax(log_pi, dim=1), n_data, replacement=True,
                                  generator=generator)
         centres = data[pick]  # (n, n_data, d)
-        jitter = torch.randn((n, n_data, d), generator=generator, device=x_t.device,
-                             dtype=x_t.dtype)
-        parts.append(centres + bandwidth * jitter)
-    proposals = torch.cat(parts, dim=1)  # (n, M, d)
-    log_kernel = _log_isotropic_normal(proposals, centre, var0)  # (n, M)
-    log_fit = _log_isotropic_normal(proposals, mean, var)
-    logs = [(n_kernel, log_kernel), (n_fit, log_fit)]
+        z[:, n_gauss:].mul_(bandwidth).add_(centres)
+        offset = z[:, n_gauss:] - centre.unsqueeze(1)  # (n, n_data, d)
+        to_centre.append(offset.pow(2).sum(dim=2))
+        to_fit.append(to_centre[-1] + 2 * var * torch.bmm(offset, grad.unsqueeze(2)).squeeze(2)
+                      + shift2)
+    proposals = z  # (n, M, d)
+    # rounding can take a squared distance below 0; NaN (overflowing ∇E) has no density
+    log_kernel = _log_isotropic_normal(torch.cat(to_centre, dim=1), var0, d)  # (n, M)
+    logs = [(n_kernel, log_kernel),
+            (n_gauss - n_kernel, _log_isotropic_normal(torch.cat(to_fit, dim=1), var, d))]
     if n_data:
         dist = torch.cdist(proposals, centres).pow(2)  # (n, M, n_data)
         log_data = (torch.logsumexp(-dist / (2 * bandwidth**2), dim=2)
@@ -183,11 +198,10 @@ def laplace_proposals(
     return proposals, log_mixture - log_kernel
 
 
-def _log_isotropic_normal(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """``log N(x_j; mean, var I)`` up to ``-d/2 log 2π``; ``x`` is ``(n, M, d)``."""
-    d = x.shape[-1]
-    return (-(x - mean.unsqueeze(1)).pow(2).sum(dim=-1) / (2 * var)
-            - 0.5 * d * torch.log(var))
+def _log_isotropic_normal(dist2: torch.Tensor, var: torch.Tensor, d: int) -> torch.Tensor:
+    """``log N`` up to ``-d/2 log 2π`` of points at squared distances ``dist2`` from the mean."""
+    dist2 = torch.nan_to_num(dist2, nan=torch.inf).clamp_min(0.0)
+    return -dist2 / (2 * var) - 0.5 * d * torch.log(var)
 
 
 def importance_weights(energies: torch.Tensor) -> torch.Tensor:

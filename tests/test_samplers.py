@@ -195,6 +195,39 @@ def test_laplace_proposals_cut_the_weights_bias_of_a_narrow_posterior():
     assert (weighted_energy(kernel, torch.zeros(n, 32, dtype=torch.float64)) / exact) > 1.2
 
 
+@pytest.mark.parametrize("with_data", [False, True])
+@pytest.mark.parametrize("tau", [0.05, 1.0])
+def test_laplace_proposals_log_ratio_holds_in_float32_in_64_dimensions(with_data, tau):
+    # the ratio comes from the draws' norms, not from the proposals: a direct float64
+    # evaluation of the mixture over the returned proposals is the oracle. A narrow
+    # or wide isotropic mode (std τ) makes the Laplace fit exact: v = s² / (1 + s²/τ²)
+    d, n, m, bw = 64, 256, 48, 0.1
+    g = _gen(5)
+    x_t = torch.randn(n, d, generator=g)
+    data = torch.randn(300, d, generator=g) if with_data else None
+    a, s = torch.full((n, 1), 0.9), torch.rand(n, 1, generator=g) * 0.5 + 0.05
+    proposals, log_ratio = samplers.laplace_proposals(
+        lambda x: 0.5 * x.pow(2).sum(dim=1) / tau**2, x_t, a, s, n_proposals=m,
+        generator=_gen(), data=data, bandwidth=bw)
+    x, centre, var0 = proposals.double(), (x_t / a).double(), (s / a).double().pow(2)
+    var = var0 / (1 + var0 / tau**2)
+    mean = centre - var * centre / tau**2
+
+    def log_normal(mu, v):  # (n, M)
+        return -(x - mu.unsqueeze(1)).pow(2).sum(-1) / (2 * v) - 0.5 * d * v.log()
+
+    n_data = m // 3 if with_data else 0
+    n_kernel = (m - n_data) // 2
+    parts = [(n_kernel, log_normal(centre, var0)), (m - n_data - n_kernel, log_normal(mean, var))]
+    if with_data:  # the data part's centres: each data proposal's nearest row
+        near = torch.cdist(proposals[:, m - n_data:], data.unsqueeze(0).expand(n, -1, -1))
+        centres = data.double()[near.argmin(dim=2)]  # (n, n_data, d)
+        dist = torch.cdist(x, centres).pow(2)
+        parts.append((n_data, torch.logsumexp(-dist / (2 * bw**2), dim=2)
+                      - math.log(n_data) - d * math.log(bw)))
+    log_r = torch.logsumexp(torch.stack([math.log(k / m) + lr for k, lr in parts]), dim=0)
+    torch.testing.assert_close(log_ratio.double(), log_r - parts[0][1], atol=2e-3, rtol=1e-5)
+
 def test_laplace_proposals_survive_non_finite_gradients():
     def energy(x):  # infinite beyond x0 > 1, as past a clipping box
         e = 0.5 * x.pow(2).sum(dim=1)
