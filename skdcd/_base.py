@@ -4,7 +4,7 @@
 fitted attributes (:meth:`_resolve`); initialise the standardisation, the network and the
 estimator's own state; then step the objective (:meth:`_objective`, from
 :mod:`skdcd._objectives`) with :func:`skdcd._training.run`. Inference goes through the
-fitted model's kind (:meth:`_model`, from :mod:`skdcd._inference`); persistence through
+fitted model's kind (:meth:`_model`, from :mod:`skdcd._models`); persistence through
 :mod:`skdcd._persistence`. All maths runs in standardised coordinates
 ``z = (x - mean_) / scale_``; the public methods convert. Subclasses implement the four
 abstract hooks and nothing else.
@@ -30,7 +30,7 @@ from sklearn.utils.validation import validate_data
 from skdcd import _data as data
 from skdcd import _distributed as distributed
 from skdcd import _envelope as envelope
-from skdcd import _inference as inference
+from skdcd import _models as models
 from skdcd import _training as training
 from skdcd import partition
 from skdcd._inference import InferenceMixin
@@ -144,7 +144,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
         """The training objective of this fit (resolved settings, the current box)."""
 
     @abstractmethod
-    def _model(self, device: torch.device) -> inference.Model:
+    def _model(self, device: torch.device) -> models.Model:
         """The fitted model, for inference on ``device``."""
 
     def __sklearn_is_fitted__(self) -> bool:
@@ -397,7 +397,7 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
 
     # ------------------------------------------------------------------ inference helpers
     def _model_fields(self, device: torch.device) -> dict:
-        """What every :class:`~skdcd._inference.Model` takes from the estimator."""
+        """What every :class:`~skdcd._models.Model` takes from the estimator."""
         return dict(net=self.energy_net_, device=device, base_mean=self._base_mean,
                     base_std=self._base_std, z_low=self._z_low, z_high=self._z_high,
                     sample_steps=self.sample_steps, sample_step_size=self.sample_step_size,

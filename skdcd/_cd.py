@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval
 
-from skdcd import _inference as inference
+from skdcd import _models as models
 from skdcd._base import BaseEnergyEstimator
 from skdcd._docs import ATTRIBUTES_DOC, PARAMS_DOC
 from skdcd._objectives import CDObjective
@@ -111,5 +111,5 @@ class CDEnergyEstimator(BaseEnergyEstimator):
             base_mean=torch.as_tensor(self._base_mean, dtype=torch.float32),
             base_std=torch.as_tensor(self._base_std, dtype=torch.float32), buffer=self._buffer)
 
-    def _model(self, device: torch.device) -> inference.Model:
-        return inference.Model(**self._model_fields(device))
+    def _model(self, device: torch.device) -> models.Model:
+        return models.Model(**self._model_fields(device))

@@ -11,7 +11,7 @@ from scipy.spatial.distance import pdist
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from skdcd import _inference as inference
+from skdcd import _models as models
 from skdcd import diffusion as diff
 from skdcd._base import BaseEnergyEstimator
 from skdcd._docs import ATTRIBUTES_DOC, ENERGY_REG_AUTO, PARAMS_DOC
@@ -316,10 +316,10 @@ class DCDEnergyEstimator(BaseEnergyEstimator):
                             data_proposals=bool(self.wide_noise_ is not None
                             or top >= _WIDE_NOISE[1]))
 
-    def _model(self, device: torch.device) -> inference.Model:
+    def _model(self, device: torch.device) -> models.Model:
         fields = self._model_fields(device)
         if not self._time_conditional:
-            return inference.Model(**fields)
-        return inference.LadderModel(**fields, levels=self.noise_levels_,
+            return models.Model(**fields)
+        return models.LadderModel(**fields, levels=self.noise_levels_,
                                      recovery_steps=self.recovery_steps,
                                      recovery_step_size=5 * self.posterior_step_size)

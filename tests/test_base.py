@@ -682,7 +682,7 @@ def test_max_grad_norm_bounds_every_step_and_none_does_not(blobs, monkeypatch):
 
 # ---------------------------------------------------------------- memory: chunked inference
 def test_chunked_denoise_and_sample_match_one_chunk(blobs, monkeypatch):
-    import skdcd._inference as base
+    import skdcd._models as base
 
     est = DCDEnergyEstimator(**FAST).fit(blobs)
     whole = est.denoise(blobs[:50], 0.3, method="map")
@@ -702,7 +702,7 @@ def test_chunked_denoise_and_sample_match_one_chunk(blobs, monkeypatch):
 
 
 def test_sample_in_chunks_matches_a_gaussian_energy(monkeypatch):
-    import skdcd._inference as base
+    import skdcd._models as base
 
     monkeypatch.setattr(base, "GRAD_BATCH", 1000)
     est = gaussian_model(DCDEnergyEstimator, [1.0, -2.0], [0.25, 4.0], sample_steps=64)

@@ -379,7 +379,7 @@ def test_the_widest_level_is_trained_and_sampled_like_the_diffused_data():
     est = DCDEnergyEstimator(time_conditional=True, hidden_layer_sizes=(32, 32),
                              max_iter=40, random_state=0).fit(X)
     top = est.noise_levels_[-1]
-    from skdcd._inference import LadderModel
+    from skdcd._models import LadderModel
     from skdcd._utils import generator_from_random_state
 
     model = LadderModel(est.energy_net_, torch.device("cpu"), est._base_mean, est._base_std,
