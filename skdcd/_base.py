@@ -39,8 +39,11 @@ from skdcd._persistence import PersistenceMixin
 from skdcd._utils import fit_device, global_rng, seeded_generator, uses_threads
 from skdcd.networks import ACTIVATIONS, ConvEnergy, EnvelopedEnergy, MLPEnergy
 
-# optimisation steps that max_iter="auto" aims for (benchmarks/RESULTS.md)
+# optimisation steps that max_iter="auto" aims for (benchmarks/RESULTS.md), in at most
+# AUTO_MAX_EPOCHS passes for a marginal model: more passes memorise a few hundred rows
+# (user guide, "Why these defaults")
 STEPS_PER_FIT = 2000
+AUTO_MAX_EPOCHS = 64
 
 
 class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEstimator,
@@ -220,6 +223,8 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
             n_epochs, max_steps = self.max_iter, None
             if self.max_iter == "auto":  # about STEPS_PER_FIT steps, a part-epoch if need be
                 n_epochs = math.ceil(STEPS_PER_FIT / n_batches)
+                if not self._time_conditional:
+                    n_epochs = min(n_epochs, AUTO_MAX_EPOCHS)
                 max_steps = STEPS_PER_FIT if n_batches > STEPS_PER_FIT else None
             self._train(X, n_epochs, cosine=self.lr_schedule == "cosine", cold=not warm,
                         before=before, max_steps=max_steps)

@@ -30,9 +30,11 @@ PARAMS_DOC = """
         Minibatch size (capped at the number of samples); per process in a data-parallel
         fit (:ref:`distributed`).
     max_iter : int or "auto", default="auto"
-        Number of epochs (passes over the data). ``"auto"``: about 2,000 steps whatever the
-        size of the data, i.e. enough whole epochs, or, beyond 2,000 minibatches per
-        epoch, 2,000 steps of one epoch; ask for more with an integer (:ref:`scaling`).
+        Number of epochs (passes over the data). ``"auto"``: about 2,000 steps, i.e. enough
+        whole epochs, or, beyond 2,000 minibatches per epoch, 2,000 steps of one epoch; but
+        at most 64 epochs for a marginal (not time-conditional) model, so that fewer than
+        about 8,000 rows get fewer steps rather than being memorised (:ref:`defaults`); ask
+        for more with an integer (:ref:`scaling`).
     energy_reg : {energy_reg}
         Weight ``λ`` of the penalty ``λ (E(x_pos)² + E(x_neg)²)`` that keeps energies
         bounded; without it training can diverge. A time-conditional DCD model divides it by

@@ -891,3 +891,30 @@ def test_fits_in_concurrent_threads_match_serial_fits():
             t.join()
         for a, b in zip(serial, threaded, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- max_iter="auto"
+@pytest.mark.parametrize("est_cls", [DCDEnergyEstimator, CDEnergyEstimator])
+def test_max_iter_auto_caps_the_epochs_of_a_marginal_model(est_cls, monkeypatch):
+    # regression: 2,000 steps were 2,000 passes over 106 rows of wine, and DCD memorised
+    # them (validation log-likelihood -2,666 per row against -15 after 50 passes)
+    import skdcd._base as base
+
+    monkeypatch.setattr(base, "STEPS_PER_FIT", 40)  # 5 batches an epoch: 8 epochs
+    monkeypatch.setattr(base, "AUTO_MAX_EPOCHS", 3)
+    X = make_toy("two_moons", 100, random_state=0)
+    est = est_cls(hidden_layer_sizes=(8,), batch_size=20, random_state=0).fit(X)
+    assert (est.t_, est.n_iter_) == (15, 3)
+    est = est_cls(hidden_layer_sizes=(8,), batch_size=20, max_iter=5, random_state=0).fit(X)
+    assert (est.t_, est.n_iter_) == (25, 5)  # an integer max_iter is not capped
+
+
+def test_max_iter_auto_does_not_cap_a_time_conditional_model(monkeypatch):
+    import skdcd._base as base
+
+    monkeypatch.setattr(base, "STEPS_PER_FIT", 40)
+    monkeypatch.setattr(base, "AUTO_MAX_EPOCHS", 3)
+    X = make_toy("two_moons", 100, random_state=0)
+    est = DCDEnergyEstimator(time_conditional=True, hidden_layer_sizes=(8,), batch_size=20,
+                             random_state=0).fit(X)
+    assert (est.t_, est.n_iter_) == (40, 8)
