@@ -116,10 +116,16 @@ def versions_note(where: str, *commits: str | None) -> str:
 def _one_thread_call(fn: Callable, kwargs: dict):
     # Each worker owns one core: two torch processes with two threads each oversubscribe a
     # two-core machine and slow down by an order of magnitude.
+    # In this process (n_jobs=1) the threads are restored: a later section timed here, or
+    # a test after this one, would otherwise run on one thread.
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return fn(**kwargs)
+    try:
+        return fn(**kwargs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def parallel_map(fn: Callable, jobs: Iterable[dict], n_jobs: int) -> list:

@@ -145,6 +145,16 @@ def test_a_stopped_run_resumes_from_its_journal(tmp_path):
     assert not folder.exists()  # a completed run leaves no journal
 
 
+
+def test_an_in_process_job_runs_on_one_thread_and_gives_the_threads_back():
+    # regression: n_jobs=1 left this process on one thread, so a later timing, or the
+    # golden record's bit-exact fits in the test suite, ran with one thread
+    import torch
+
+    before = torch.get_num_threads()
+    seen = common.parallel_map(lambda: torch.get_num_threads(), [{}], 1)
+    assert seen == [1] and torch.get_num_threads() == before
+
 def test_the_gpu_timings_run_on_any_device_and_the_profile_names_every_part():
     from benchmarks import speed
 
