@@ -28,8 +28,8 @@ X_test = density.sample(2000, random_state=1)
 # Fit
 # ---
 # The default diffusion (VE, ``noise_std=0.1`` in standardised units, importance-sampled
-# posterior negatives) on a small budget: 40 epochs of 8 minibatches, a sixth of the
-# default's 2,000 steps. ``quadrature_n_grid`` is lowered from 512 to keep the likelihood
+# posterior negatives) on a small budget: 40 epochs of 8 minibatches (the default runs 64
+# epochs on 2,000 rows). ``quadrature_n_grid`` is lowered from 512 to keep the likelihood
 # computation quick; in 2-D it is exact up to discretisation.
 est = DCDEnergyEstimator(max_iter=40, quadrature_n_grid=256, sample_steps=128,
                          random_state=0)
