@@ -165,19 +165,7 @@ def laplace_proposals(
     z[:, f].mul_(fit_sd.unsqueeze(1)).sub_((var * grad).unsqueeze(1))
     z[:, :n_gauss].add_(centre.unsqueeze(1))
     if n_data:
-        # rows i of data drawn with π_ri ∝ N(x_t,r; α_r x_i, σ_r² I), one per proposal; given
-        # the draw, the proposals follow an equal mixture around them, whose density costs
-        # n_data terms instead of one per row of data
-        if data.shape[0] > _DATA_CENTRES:  # a random subset keeps the cost O(n), not O(n N)
-            data = data[torch.randperm(data.shape[0], generator=generator,
-                                       device=data.device)[:_DATA_CENTRES]]
-        log_pi = -torch.cdist(x_t / alpha, data).pow(2) * (alpha / sigma).pow(2) / 2  # (n, N)
-        # non-finite distances (data near the float limit): no row preferred over another
-        log_pi = torch.nan_to_num(log_pi, nan=-torch.inf)
-        log_pi = torch.where(torch.isinf(log_pi).all(dim=1, keepdim=True), 0.0, log_pi)
-        pick = torch.multinomial(torch.softmax(log_pi, dim=1), n_data, replacement=True,
-                                 generator=generator)
-        centres = data[pick]  # (n, n_data, d)
+        centres = _data_centres(x_t, alpha, sigma, data, n_data, generator)  # (n, n_data, d)
         z[:, n_gauss:].mul_(bandwidth).add_(centres)
         offset = z[:, n_gauss:] - centre.unsqueeze(1)  # (n, n_data, d)
         to_centre.append(offset.pow(2).sum(dim=2))
@@ -196,6 +184,25 @@ def laplace_proposals(
     log_mixture = torch.logsumexp(torch.stack(
         [math.log(k / n_proposals) + log_r for k, log_r in logs if k]), dim=0)
     return proposals, log_mixture - log_kernel
+
+
+def _data_centres(x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+                  data: torch.Tensor, n_data: int, generator: torch.Generator) -> torch.Tensor:
+    """``n_data`` rows of ``data`` per row of ``x_t``, drawn with ``π_i ∝ N(x_t; α x_i, σ² I)``.
+
+    Given the draw, the data proposals follow an equal mixture around these centres, whose
+    density costs ``n_data`` terms instead of one per row of data.
+    """
+    if data.shape[0] > _DATA_CENTRES:  # a random subset keeps the cost O(n), not O(n N)
+        data = data[torch.randperm(data.shape[0], generator=generator,
+                                   device=data.device)[:_DATA_CENTRES]]
+    log_pi = -torch.cdist(x_t / alpha, data).pow(2) * (alpha / sigma).pow(2) / 2  # (n, N)
+    # non-finite distances (data near the float limit): no row preferred over another
+    log_pi = torch.nan_to_num(log_pi, nan=-torch.inf)
+    log_pi = torch.where(torch.isinf(log_pi).all(dim=1, keepdim=True), 0.0, log_pi)
+    pick = torch.multinomial(torch.softmax(log_pi, dim=1), n_data, replacement=True,
+                             generator=generator)
+    return data[pick]
 
 
 def _log_isotropic_normal(dist2: torch.Tensor, var: torch.Tensor, d: int) -> torch.Tensor:
