@@ -217,9 +217,8 @@ class BaseEnergyEstimator(InferenceMixin, PersistenceMixin, DensityMixin, BaseEs
             else:
                 self._start(X)
             # the minibatch of a data-parallel fit is batch_size rows per process
-            world = distributed.world()[1]
-            batch = min(self.batch_size * world, X.shape[0])
-            n_batches = min(math.ceil(X.shape[0] / batch), max(1, X.shape[0] // world))
+            _, n_batches = training.minibatches(X.shape[0], self.batch_size,
+                                                distributed.world()[1])
             n_epochs, max_steps = self.max_iter, None
             if self.max_iter == "auto":  # about STEPS_PER_FIT steps, a part-epoch if need be
                 n_epochs = math.ceil(STEPS_PER_FIT / n_batches)

@@ -83,12 +83,8 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
     device = Z.device
     n = Z.shape[0]
     rank, size = distributed.world()  # data-parallel inside a process group
-    batch_size = min(settings.batch_size * size, n)  # the global minibatch
-    # data-parallel: at most n // size minibatches, so that no process's part is empty
-    n_batches = min(math.ceil(n / batch_size), max(1, n // size))
-    total_steps = settings.n_epochs * n_batches
-    if settings.max_steps is not None:
-        total_steps = min(total_steps, settings.max_steps)
+    batch_size, n_batches = minibatches(n, settings.batch_size, size)
+    total_steps = min(settings.n_epochs * n_batches, settings.max_steps or math.inf)
     net.to(device).train()
     # the compiled module shares net's parameters; autocast leaves them in float32
     forward = torch.compile(net) if settings.compile else net
@@ -140,6 +136,16 @@ def run(net: torch.nn.Module, Z: torch.Tensor | StandardizedRows,
         state.optimizer_state = _to_cpu(optimizer.state_dict())
         net.to("cpu").eval()
     return diverged
+
+
+def minibatches(n: int, batch_size: int, world: int) -> tuple[int, int]:
+    """The global minibatch size and the minibatches per epoch of ``n`` rows.
+
+    Data-parallel over ``world`` processes: at most ``n // world`` minibatches, so that no
+    process's part is empty.
+    """
+    batch = min(batch_size * world, n)
+    return batch, min(math.ceil(n / batch), max(1, n // world))
 
 
 def _checkpoint(net: torch.nn.Module, optimizer: torch.optim.Optimizer, objective,
